@@ -1,0 +1,5 @@
+import sys
+
+from flyt.cli.main import main
+
+sys.exit(main())

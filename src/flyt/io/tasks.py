@@ -1,0 +1,105 @@
+"""Downstream tasks (clip_benchmark / DataComp conventions), as embeddings.
+
+A task directory holds ``classnames.txt`` (one name a line),
+``zeroshot_classification_templates.txt`` (one template a line, ``{c}`` marks the class name),
+``train.parquet`` and optional ``test.parquet`` (``image_embedding``, ``label``), and
+``prompts.parquet`` (``template_index``, ``class_index``, ``text_embedding``): the frozen text
+tower's embedding of every filled template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flyt.errors import FlytError
+from flyt.io.arrays import embedding_matrix
+from flyt.io.pool import IMAGE, TEXT, l2_normalise, read_table
+
+CLASSNAMES = "classnames.txt"
+TEMPLATES = "zeroshot_classification_templates.txt"
+PROMPTS = "prompts.parquet"
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (n, d_img) float32, L2-normalised
+    labels: np.ndarray  # (n,) int64
+
+
+@dataclass
+class Task:
+    name: str
+    classnames: list[str]
+    templates: list[str]
+    prompts: np.ndarray  # (n_templates, n_classes, d_txt) float32, L2-normalised
+    train: Split
+    test: Split | None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FlytError(f"{path}: missing file")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise FlytError(f"{path}: file is empty")
+    return lines
+
+
+def _read_split(path: Path, num_classes: int, image_dim: int | None) -> Split:
+    table = read_table(path, ["image_embedding", "label"])
+    if table.num_rows == 0:
+        raise FlytError(f"{path}: split has no rows")
+    images = l2_normalise(embedding_matrix(table, IMAGE, str(path), image_dim))
+    labels_col = table.column("label")
+    if labels_col.null_count:
+        raise FlytError(f"{path}: column 'label' has nulls")
+    labels = labels_col.to_numpy().astype(np.int64)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        r = int(bad[0])
+        raise FlytError(
+            f"{path}: row {r}: label {labels[r]} out of range for {num_classes} classes in {CLASSNAMES}"
+        )
+    return Split(images, labels)
+
+
+def load_task(directory, image_dim: int | None = None, text_dim: int | None = None) -> Task:
+    """Read and validate one task directory."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FlytError(f"task directory {root} does not exist")
+    classnames = _read_lines(root / CLASSNAMES)
+    templates = _read_lines(root / TEMPLATES)
+    for i, t in enumerate(templates):
+        if "{c}" not in t:
+            raise FlytError(f"{root / TEMPLATES}: line {i + 1}: template {t!r} has no '{{c}}' for the class name")
+    prompts_path = root / PROMPTS
+    if not prompts_path.is_file():
+        raise FlytError(f"{prompts_path}: missing file (task without prompts; run 'flyt embed' on the task)")
+    table = read_table(prompts_path, ["template_index", "class_index", TEXT])
+    emb = l2_normalise(embedding_matrix(table, TEXT, str(prompts_path), text_dim))
+    t_idx = table.column("template_index").to_numpy().astype(np.int64)
+    c_idx = table.column("class_index").to_numpy().astype(np.int64)
+    T, C = len(templates), len(classnames)
+    bad = np.flatnonzero((t_idx < 0) | (t_idx >= T) | (c_idx < 0) | (c_idx >= C))
+    if bad.size:
+        r = int(bad[0])
+        raise FlytError(f"{prompts_path}: row {r}: (template {t_idx[r]}, class {c_idx[r]}) out of range ({T} templates, {C} classes)")
+    prompts = np.full((T, C, emb.shape[1]), np.nan, dtype=np.float32)
+    prompts[t_idx, c_idx] = emb
+    missing = np.argwhere(np.isnan(prompts[:, :, 0]))
+    if missing.size:
+        t, c = missing[0]
+        raise FlytError(f"{prompts_path}: no prompt embedding for template {t} and class {c} ({classnames[c]!r})")
+    train = _read_split(root / "train.parquet", C, image_dim)
+    test_path = root / "test.parquet"
+    test = _read_split(test_path, C, train.images.shape[1]) if test_path.is_file() else None
+    return Task(root.name, classnames, templates, prompts, train, test)
