@@ -33,13 +33,17 @@ def list_shards(directory, kind: str = "pool") -> list[Path]:
     return shards
 
 
+def read_schema(path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise FlytError(f"{path}: unreadable parquet shard ({type(exc).__name__}: {exc})") from None
+
+
 def read_table(path, columns=None) -> pa.Table:
     """Read one parquet shard; an unreadable file or a missing column is one clear error."""
     path = Path(path)
-    try:
-        schema = pq.read_schema(path)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise FlytError(f"{path}: unreadable parquet shard ({type(exc).__name__}: {exc})") from None
+    schema = read_schema(path)
     if columns is not None:
         missing = [c for c in columns if c not in schema.names]
         if missing:
@@ -105,7 +109,7 @@ def load_pool(
     extra = _ScoreLookup(score_dirs) if score_dirs else None
     for path in shards:
         where = str(path)
-        names = pq.read_schema(path).names if path.exists() else []
+        names = read_schema(path).names
         in_shard = [c for c in score_columns if c in names]
         cols = ["uid"] + ([IMAGE, TEXT] if embeddings else []) + in_shard
         table = read_table(path, cols)

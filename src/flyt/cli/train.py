@@ -1,0 +1,38 @@
+"""flyt train CONFIG.yaml [--set key=value ...] [--resume]"""
+
+from __future__ import annotations
+
+from flyt.train.config import DEFAULTS, load_config
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a FLYT or M-FLYT scorer from downstream training sets",
+        description=(
+            "Train a FLYT scorer (mode: flyt, SwiGLU head over frozen image/text embeddings) or an "
+            "M-FLYT mixer (mode: mflyt, linear over standardised score columns) by differentiating the "
+            "downstream loss through one optimizer step of a reference CLIP model. Writes a run "
+            "directory: config.yaml, metrics.jsonl, checkpoints/, scorer.pt."
+        ),
+        epilog="config keys: " + ", ".join(
+            f"{k}.{{{','.join(v)}}}" if isinstance(v, dict) else k for k, v in DEFAULTS.items()
+        ),
+    )
+    p.add_argument("config", nargs="?", help="YAML training config (keys below); optional if --set gives pool and tasks")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key (dotted for nested keys, e.g. reference.init=random); repeatable",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in 'out' from checkpoints/latest.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from flyt.train.loop import train
+
+    cfg = load_config(args.config, args.overrides)
+    path = train(cfg, resume=args.resume, progress=False if args.no_progress else None)
+    print(f"trained {cfg['mode']} scorer '{cfg['name']}' for {cfg['steps']} steps -> {path}")
+    return 0

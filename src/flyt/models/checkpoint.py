@@ -1,0 +1,112 @@
+"""``scorer.pt``: a trained FLYT or M-FLYT scorer with everything needed to rebuild and apply it.
+
+Contents: ``format``, ``kind`` ("flyt" | "mflyt"), ``name`` (the score column it writes),
+``model`` (constructor arguments: dims, or input columns and their standardisation statistics),
+``state_dict``, and ``train`` (the resolved training config, for provenance).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flyt.errors import FlytError
+from flyt.io.atomic import torch_save
+from flyt.models.mixing import ScoreMixer
+from flyt.models.scoring_head import SwiGLUScorer
+
+FORMAT = "flyt-scorer/1"
+
+
+def scorer_payload(kind: str, name: str, model: torch.nn.Module, train_config: dict | None = None) -> dict:
+    return {
+        "format": FORMAT,
+        "kind": kind,
+        "name": name,
+        "model": model.config(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "train": train_config or {},
+    }
+
+
+def save_scorer(path, kind: str, name: str, model: torch.nn.Module, train_config: dict | None = None) -> None:
+    torch_save(scorer_payload(kind, name, model, train_config), path)
+
+
+def build_model(kind: str, model_config: dict) -> torch.nn.Module:
+    if kind == "flyt":
+        return SwiGLUScorer(**model_config)
+    if kind == "mflyt":
+        return ScoreMixer(model_config["columns"], model_config["mean"], model_config["std"])
+    raise FlytError(f"unknown scorer kind {kind!r}")
+
+
+class LoadedScorer:
+    """A trained scorer ready to score pool rows."""
+
+    def __init__(self, payload: dict, where: str = "scorer"):
+        if payload.get("format") != FORMAT:
+            raise FlytError(f"{where}: not a flyt scorer checkpoint (format {payload.get('format')!r})")
+        self.kind = payload["kind"]
+        self.name = payload["name"]
+        self.model = build_model(self.kind, payload["model"])
+        self.model.load_state_dict(payload["state_dict"])
+        self.model.eval()
+        self.train_config = payload.get("train", {})
+        self.where = where
+
+    @property
+    def input_kind(self) -> str:
+        return "embeddings" if self.kind == "flyt" else "scores"
+
+    @property
+    def input_columns(self) -> list[str]:
+        return list(self.model.columns) if self.kind == "mflyt" else []
+
+    @property
+    def dims(self) -> tuple[int, int] | None:
+        return (self.model.image_dim, self.model.text_dim) if self.kind == "flyt" else None
+
+    @torch.no_grad()
+    def score_arrays(self, image=None, text=None, scores=None, batch_size: int = 65536) -> np.ndarray:
+        """One float32 score per row. FLYT: raw image/text embeddings (normalised here);
+        M-FLYT: (n, K) raw input scores in ``input_columns`` order (standardised here)."""
+        if self.kind == "flyt":
+            if image is None or text is None:
+                raise FlytError(f"{self.where}: a FLYT scorer needs image and text embeddings")
+            if image.shape[1] != self.model.image_dim or text.shape[1] != self.model.text_dim:
+                raise FlytError(
+                    f"{self.where}: trained on {self.model.image_dim}+{self.model.text_dim}-d embeddings, "
+                    f"got {image.shape[1]}+{text.shape[1]}-d"
+                )
+            dtype = next(self.model.parameters()).dtype
+            out = [
+                self.model(
+                    torch.as_tensor(np.asarray(image[i : i + batch_size]), dtype=dtype),
+                    torch.as_tensor(np.asarray(text[i : i + batch_size]), dtype=dtype),
+                )
+                for i in range(0, len(image), batch_size)
+            ]
+        else:
+            if scores is None or scores.ndim != 2 or scores.shape[1] != len(self.input_columns):
+                raise FlytError(f"{self.where}: an M-FLYT scorer needs the score columns {self.input_columns}")
+            out = [
+                self.model(torch.as_tensor(np.asarray(scores[i : i + batch_size]), dtype=torch.float64))
+                for i in range(0, len(scores), batch_size)
+            ]
+        if not out:
+            return np.zeros(0, dtype=np.float32)
+        return torch.cat(out).float().numpy()
+
+
+def load_scorer(path) -> LoadedScorer:
+    path = Path(path)
+    if not path.is_file():
+        raise FlytError(f"scorer checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FlytError(f"{path}: unreadable scorer checkpoint ({type(exc).__name__})") from None
+    return LoadedScorer(payload, where=str(path))

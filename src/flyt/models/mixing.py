@@ -1,0 +1,47 @@
+"""The M-FLYT mixing model: a linear layer over K standardised per-example scores.
+
+    score = sum_k a_k * (s_k - mean_k) / std_k
+
+No bias: the softmax over a batch (training) and over the pool (sampling) ignore a constant.
+The statistics are those of the pool the model was trained on and travel with the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from flyt.errors import FlytError
+
+
+class ScoreMixer(nn.Module):
+    def __init__(self, columns: list[str], mean, std):
+        super().__init__()
+        if not columns:
+            raise FlytError("M-FLYT needs at least one score column (score_columns)")
+        self.columns = list(columns)
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float64))
+        std = torch.as_tensor(np.asarray(std), dtype=torch.float64)
+        self.register_buffer("std", torch.where(std > 0, std, torch.ones_like(std)))
+        # Zero init: every example starts equally likely; the first meta-gradients pick the mix.
+        self.linear = nn.Linear(len(columns), 1, bias=False)
+        nn.init.zeros_(self.linear.weight)
+
+    @classmethod
+    def fit_statistics(cls, columns: list[str], scores: np.ndarray) -> "ScoreMixer":
+        """Build a mixer whose standardisation statistics are those of ``scores`` (n, K)."""
+        return cls(columns, scores.mean(axis=0), scores.std(axis=0))
+
+    def standardise(self, scores: torch.Tensor) -> torch.Tensor:
+        return ((scores.to(self.mean.dtype) - self.mean) / self.std).to(self.linear.weight.dtype)
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.standardise(scores)).squeeze(-1)
+
+    def weights(self) -> dict[str, float]:
+        """The learned weight of each (standardised) input score: M-FLYT's interpretable output."""
+        return {c: float(w) for c, w in zip(self.columns, self.linear.weight.detach().reshape(-1))}
+
+    def config(self) -> dict:
+        return {"columns": self.columns, "mean": self.mean.tolist(), "std": self.std.tolist()}

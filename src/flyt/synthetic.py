@@ -1,0 +1,128 @@
+"""Generated pools and tasks with a planted signal, for tests, benchmarks and examples.
+
+Embeddings live in one d-dimensional space (like CLIP's). Downstream classes have random unit
+centres. Pool rows are one of:
+  - ``good``:       image and caption both near the same downstream class centre (aligned, relevant)
+  - ``misaligned``: image near one class, caption near an unrelated centre (a swapped caption)
+  - ``off_domain``: image and caption aligned, but near centres no task asks about
+The ``planted`` column (1 for good) is ground truth for analysis; no scorer reads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from flyt.io.arrays import fixed_size_list
+from flyt.io.atomic import write_parquet, write_text
+from flyt.io.uids import random_uids
+
+KINDS = ("good", "misaligned", "off_domain")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+class PlantedWorld:
+    def __init__(self, dim: int = 16, num_classes: int = 6, num_off_domain: int = 6, noise: float = 0.15, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.dim, self.noise = dim, noise
+        self.class_centres = _unit(self.rng.standard_normal((num_classes, dim)))
+        self.off_centres = _unit(self.rng.standard_normal((num_off_domain, dim)))
+
+    def _near(self, centres: np.ndarray) -> np.ndarray:
+        return _unit(centres + self.noise * self.rng.standard_normal(centres.shape) / np.sqrt(self.dim) * 4)
+
+    def pool(self, n: int, fractions=(0.3, 0.35, 0.35)) -> dict:
+        kind = self.rng.choice(len(KINDS), size=n, p=np.asarray(fractions) / np.sum(fractions))
+        cls = self.rng.integers(0, len(self.class_centres), size=n)
+        off = self.rng.integers(0, len(self.off_centres), size=n)
+        other = self.rng.integers(0, len(self.off_centres), size=n)
+        img_c = np.where((kind == 2)[:, None], self.off_centres[off], self.class_centres[cls])
+        txt_c = img_c.copy()
+        txt_c[kind == 1] = self.off_centres[other[kind == 1]]
+        score = self.rng.standard_normal(n)
+        return {
+            "uid": random_uids(n, self.rng),
+            "image_embedding": self._near(img_c).astype(np.float32),
+            "text_embedding": self._near(txt_c).astype(np.float32),
+            "kind": np.asarray(KINDS)[kind],
+            "planted": (kind == 0).astype(np.int64),
+            # An informative score (noisy indicator of good rows) and a pure-noise one, for M-FLYT.
+            "informative_score": ((kind == 0) + 0.5 * score).astype(np.float32),
+            "noise_score": self.rng.standard_normal(n).astype(np.float32),
+        }
+
+    def task(self, n_train: int, n_test: int, num_templates: int = 3) -> dict:
+        C = len(self.class_centres)
+        templates = [f"a photo of a {{c}}, style {i}." for i in range(num_templates)]
+        prompts = self._near(np.repeat(self.class_centres[None], num_templates, axis=0))
+        split = {}
+        for name, size in (("train", n_train), ("test", n_test)):
+            labels = self.rng.integers(0, C, size=size)
+            split[name] = (self._near(self.class_centres[labels]).astype(np.float32), labels)
+        return {
+            "classnames": [f"class{k}" for k in range(C)],
+            "templates": templates,
+            "prompts": prompts.astype(np.float32),
+            **split,
+        }
+
+
+def write_pool(pool: dict, directory, num_shards: int = 1, prefix: str = "shard") -> list[Path]:
+    """Write a generated pool as flyt pool shards (fixed-size-list float32 embeddings)."""
+    directory = Path(directory)
+    n = len(pool["uid"])
+    bounds = np.linspace(0, n, num_shards + 1).astype(int)
+    paths = []
+    for s in range(num_shards):
+        a, b = bounds[s], bounds[s + 1]
+        cols = {}
+        for key, values in pool.items():
+            v = values[a:b]
+            cols[key] = fixed_size_list(v) if np.asarray(v).ndim == 2 else pa.array(v)
+        path = directory / f"{prefix}{s:05d}.parquet"
+        write_parquet(pa.table(cols), path)
+        paths.append(path)
+    return paths
+
+
+def write_task(task: dict, directory) -> Path:
+    """Write a generated task directory (classnames, templates, train/test, prompts)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_text("\n".join(task["classnames"]) + "\n", directory / "classnames.txt")
+    write_text("\n".join(task["templates"]) + "\n", directory / "zeroshot_classification_templates.txt")
+    for split in ("train", "test"):
+        images, labels = task[split]
+        write_parquet(
+            pa.table({"image_embedding": fixed_size_list(images), "label": pa.array(labels, type=pa.int64())}),
+            directory / f"{split}.parquet",
+        )
+    prompts = task["prompts"]
+    T, C, _ = prompts.shape
+    t_idx, c_idx = np.meshgrid(np.arange(T), np.arange(C), indexing="ij")
+    write_parquet(
+        pa.table(
+            {
+                "template_index": pa.array(t_idx.ravel(), type=pa.int32()),
+                "class_index": pa.array(c_idx.ravel(), type=pa.int32()),
+                "text_embedding": fixed_size_list(prompts.reshape(T * C, -1)),
+            }
+        ),
+        directory / "prompts.parquet",
+    )
+    return directory
+
+
+def make_planted(root, n: int = 4000, num_shards: int = 2, dim: int = 16, num_tasks: int = 1, seed: int = 0) -> dict:
+    """Generate and write a planted pool and tasks under root; return their paths and the pool."""
+    root = Path(root)
+    world = PlantedWorld(dim=dim, seed=seed)
+    pool = world.pool(n)
+    write_pool(pool, root / "pool", num_shards)
+    tasks = [write_task(world.task(600, 300), root / f"task{k}") for k in range(num_tasks)]
+    return {"pool": root / "pool", "tasks": tasks, "data": pool}

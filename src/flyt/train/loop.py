@@ -1,0 +1,219 @@
+"""The FLYT / M-FLYT training loop (SPEC.md sections 2 and 3), in one readable function.
+
+Per step: draw an upstream pool batch and one downstream batch per task (both from (seed, step), so a
+resumed run draws exactly what an uninterrupted one does); score the batch, w = softmax(scores); get the
+exact meta-gradient dL_down/dlog w; step the scorer on < log_softmax(scores), sg(dL_down/dlog w) >; and,
+with update_reference, move the reference model to theta' (and its downstream logit scale psi).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from flyt.errors import FlytError
+from flyt.io.atomic import torch_save, write_text
+from flyt.io.pool import load_pool
+from flyt.io.tasks import load_task
+from flyt.models.checkpoint import save_scorer
+from flyt.models.mixing import ScoreMixer
+from flyt.models.reference import LOGIT_SCALE_MAX, EmbeddingReference
+from flyt.models.scoring_head import SwiGLUScorer
+from flyt.train import config as config_mod
+from flyt.train.objective import AdamWConfig, TaskBatch, adamw_init, adamw_step, meta_gradient, sgd_step
+
+
+def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
+    """Linear warm-up to base_lr over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_scorer(cfg: dict, pool, image_dim: int, text_dim: int) -> torch.nn.Module:
+    if cfg["mode"] == "flyt":
+        s = cfg["scorer"]
+        return SwiGLUScorer(image_dim, text_dim, s["hidden_dim"], s["depth"], s["cosine_init"], s["init_noise"])
+    return ScoreMixer.fit_statistics(cfg["score_columns"], pool.scores)
+
+
+def sample_task_batch(task, rng: np.random.Generator, size: int, dtype) -> TaskBatch:
+    n = len(task.train.labels)
+    idx = rng.choice(n, size=min(size, n), replace=False)
+    templates = rng.integers(0, len(task.templates), size=task.num_classes)  # one per class
+    prompts = task.prompts[templates, np.arange(task.num_classes)]
+    return TaskBatch(
+        images=torch.as_tensor(task.train.images[idx], dtype=dtype),
+        labels=torch.as_tensor(task.train.labels[idx]),
+        class_prompts=torch.as_tensor(prompts, dtype=dtype),
+    )
+
+
+class Checkpoints:
+    """checkpoints/latest.pt every `every` steps, and step_XXXXXXX.pt every `keep_every` steps."""
+
+    def __init__(self, run_dir: Path, every: int, keep_every: int):
+        self.dir = run_dir / "checkpoints"
+        self.every, self.keep_every = every, keep_every
+
+    @property
+    def latest(self) -> Path:
+        return self.dir / "latest.pt"
+
+    def maybe_save(self, step_done: int, total: int, make_state) -> None:
+        if step_done % self.every and step_done != total and step_done % self.keep_every:
+            return
+        state = make_state()
+        torch_save(state, self.latest)
+        if step_done % self.keep_every == 0:
+            torch_save(state, self.dir / f"step_{step_done:07d}.pt")
+
+
+def train(cfg: dict, resume: bool = False, progress: bool | None = None) -> Path:
+    """Train a FLYT (mode flyt) or M-FLYT (mode mflyt) scorer; returns the path of scorer.pt."""
+    cfg = config_mod.validate(cfg)
+    run_dir = Path(cfg["out"])
+    checkpoints = Checkpoints(run_dir, cfg["checkpoint_every"], cfg["keep_checkpoint_every"])
+    if checkpoints.latest.exists() and not resume:
+        raise FlytError(f"{run_dir} already holds a run; pass --resume to continue it or choose another 'out'")
+    if resume and not checkpoints.latest.exists():
+        raise FlytError(f"--resume: no checkpoint in {checkpoints.dir}")
+    dtype = getattr(torch, cfg["dtype"])
+    torch.manual_seed(cfg["seed"])
+
+    # Data: the whole pool's embeddings (and M-FLYT inputs) in memory, tasks with their prompts.
+    pool = load_pool(cfg["pool"], embeddings=True, score_columns=cfg["score_columns"], score_dirs=cfg["scores"])
+    image_dim, text_dim = pool.image.shape[1], pool.text.shape[1]
+    tasks = [load_task(t, image_dim=image_dim, text_dim=text_dim) for t in cfg["tasks"]]
+
+    # Models: scorer phi, reference theta (+ its optimizer state), downstream logit scale psi.
+    scorer = build_scorer(cfg, pool, image_dim, text_dim).to(dtype)
+    r = cfg["reference"]
+    reference = EmbeddingReference(image_dim, text_dim, r["embed_dim"], r["init"], r["logit_scale"])
+    params = reference.init_params(torch.Generator().manual_seed(cfg["seed"]), dtype=dtype)
+    ref_opt = AdamWConfig(cfg["reference_lr"], r["beta1"], r["beta2"], r["eps"], r["weight_decay"])
+    step_fn = adamw_step if r["optimizer"] == "adamw" else sgd_step
+    ref_state = adamw_init(params)
+    psi = torch.nn.Parameter(torch.tensor(cfg["downstream_logit_scale"], dtype=dtype))
+    scorer_opt = torch.optim.AdamW(
+        scorer.parameters(), lr=cfg["scorer_lr"], weight_decay=cfg["scorer"]["weight_decay"]
+    )
+    psi_opt = torch.optim.Adam([psi], lr=cfg["downstream_scale_lr"], betas=(0.9, 0.98), eps=1e-6)
+    start = 0
+
+    metrics_path = run_dir / "metrics.jsonl"
+    if resume:
+        ckpt = torch.load(checkpoints.latest, map_location="cpu", weights_only=False)
+        scorer.load_state_dict(ckpt["scorer"])
+        scorer_opt.load_state_dict(ckpt["scorer_opt"])
+        params, ref_state = ckpt["reference"], ckpt["reference_state"]
+        with torch.no_grad():
+            psi.copy_(ckpt["psi"])
+        psi_opt.load_state_dict(ckpt["psi_opt"])
+        start = ckpt["step"]
+        _truncate_metrics(metrics_path, start)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(config_mod.dump(cfg), run_dir / "config.yaml")
+        write_text("", metrics_path)
+
+    def state_now(step_done: int) -> dict:
+        return {
+            "step": step_done,
+            "scorer": scorer.state_dict(),
+            "scorer_opt": scorer_opt.state_dict(),
+            "reference": params,
+            "reference_state": ref_state,
+            "psi": psi.detach().clone(),
+            "psi_opt": psi_opt.state_dict(),
+            "config": cfg,
+        }
+
+    n = len(pool)
+    batch = min(cfg["upstream_batch"], n)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(range(start, cfg["steps"]), initial=start, total=cfg["steps"], disable=not show, desc=cfg["mode"])
+    with open(metrics_path, "a") as metrics:
+        for step in bar:
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([cfg["seed"], step])
+            idx = np.sort(rng.choice(n, size=batch, replace=False))
+            up_image = torch.as_tensor(pool.image[idx], dtype=dtype)
+            up_text = torch.as_tensor(pool.text[idx], dtype=dtype)
+            task_batches = [sample_task_batch(t, rng, cfg["downstream_batch"], dtype) for t in tasks]
+
+            # w = softmax(q_phi(x_B)) over the whole batch
+            if cfg["mode"] == "flyt":
+                scores = scorer(up_image, up_text)
+            else:
+                scores = scorer(torch.as_tensor(pool.scores[idx]))
+            log_w = torch.log_softmax(scores, dim=0)
+
+            meta = meta_gradient(
+                reference, params, ref_state, psi, up_image, up_text, log_w, task_batches, ref_opt, step_fn
+            )
+
+            # Scorer step: d/dphi < log_softmax(q_phi(x_B)), sg(dL_down/dlog w) > is the meta-gradient.
+            lr = cosine_lr(step, cfg["scorer_lr"], cfg["warmup_steps"], cfg["steps"])
+            for group in scorer_opt.param_groups:
+                group["lr"] = lr
+            scorer_opt.zero_grad(set_to_none=True)
+            (log_w * meta.grad_log_weights).sum().backward()
+            finite = bool(torch.isfinite(meta.grad_log_weights).all()) and all(
+                torch.isfinite(p.grad).all() for p in scorer.parameters() if p.grad is not None
+            ) and all(torch.isfinite(p).all() for p in meta.new_params.values())
+            if finite:
+                scorer_opt.step()
+                if cfg["update_reference"]:  # theta <- theta'; the Adam state advances once per step
+                    params, ref_state = meta.new_params, meta.new_state
+                    psi.grad = meta.grad_psi.to(dtype)
+                    psi_opt.step()
+                    with torch.no_grad():
+                        psi.clamp_(0.0, LOGIT_SCALE_MAX)
+
+            row = {
+                "step": step + 1,
+                "upstream_loss": meta.upstream_loss,
+                "downstream_loss": meta.downstream_loss,
+                "task_losses": dict(zip((t.name for t in tasks), meta.task_losses)),
+                "scorer_lr": lr,
+                "skipped": not finite,
+                "weight_entropy": float(-(log_w.exp() * log_w).sum().detach()),
+                "logit_scale": float(params["logit_scale"]),
+                "downstream_logit_scale": float(psi.detach()),
+                "seconds": time.perf_counter() - t0,
+            }
+            if cfg["mode"] == "mflyt":
+                row["weights"] = scorer.weights()
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+            bar.set_postfix(down=f"{meta.downstream_loss:.4f}", up=f"{meta.upstream_loss:.3f}")
+            checkpoints.maybe_save(step + 1, cfg["steps"], lambda: state_now(step + 1))
+
+    out = run_dir / "scorer.pt"
+    save_scorer(out, cfg["mode"], cfg["name"], scorer.float(), train_config=cfg)
+    return out
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop metric rows written after the checkpoint (they will be recomputed)."""
+    if not path.exists():
+        write_text("", path)
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            continue
+        if row["step"] <= step:
+            keep.append(line)
+    write_text("".join(line + "\n" for line in keep), path)

@@ -1,0 +1,244 @@
+"""The FLYT objective (SPEC.md section 2), written out.
+
+One step, for upstream pool batch B with log-weights log w = log_softmax(q_phi(x_B)):
+
+    S_ij   = exp(t) <I_i, T_j>
+    L_img  = - sum_i w_i [ S_ii - logsumexp_j (S_ij + log w_j) ]           (L_txt: S transposed)
+    L_up   = (L_img + L_txt) / 2
+    g      = grad_theta L_up(theta; w)
+    theta' = AdamW_step(theta, g, state)                 (differentiable in g; state is constant)
+    L_down = mean_k CE( exp(psi) <I'_img, T'_class>, labels )   over tasks k, on theta'
+
+and the meta-gradient dL_down/d(log w). The scorer loss < log_softmax(q_phi(x_B)), sg(dL_down/dlog w) >
+has exactly the phi-gradient of L_down(theta'(w(phi))) (it is SPEC.md's < softmax, sg(dL/dw) > written
+with log-weights, which stay finite where a weight underflows to 0).
+
+Two ways to get dL_down/dlog w, equal up to rounding (tests check both against finite differences):
+- ``meta_gradient_double_backward``: back-propagate through the whole graph, including g's graph.
+- ``meta_gradient``: SPEC.md 2 step 6. v = dL_down/dg through the optimizer step only; u = J_e v, one
+  Jacobian-vector product through the towers (e = image features, text features, logit scale); then
+  dL_down/dlog w = d/dlog w < dL_up/de(e; w), u >, a second derivative through the loss head only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.func import jvp
+
+
+# --------------------------------------------------------------------------------------------
+# Losses
+
+
+def weighted_clip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    log_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Contrastive loss of the distribution w = exp(log_weights) over the batch.
+
+    Weights sit on anchors and on negatives. Weights uniform on a subset M give the CLIP loss of M
+    alone minus log|M|; an example of weight 0 (log weight -inf) has no influence at all.
+    """
+    S = logit_scale.exp() * image_features @ text_features.T
+    w = log_weights.exp()
+    positives = S.diagonal()
+    log_norm_img = torch.logsumexp(S + log_weights[None, :], dim=1)  # over texts j, per image i
+    log_norm_txt = torch.logsumexp(S.T + log_weights[None, :], dim=1)  # over images j, per text i
+    loss_img = -(w * (positives - log_norm_img)).sum()
+    loss_txt = -(w * (positives - log_norm_txt)).sum()
+    return (loss_img + loss_txt) / 2
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """The standard (open_clip) CLIP loss: mean of image->text and text->image cross-entropies."""
+    logits = logit_scale.exp() * image_features @ text_features.T
+    labels = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+@dataclass
+class TaskBatch:
+    """One downstream task's batch: images, labels, and one prompt embedding per class."""
+
+    images: torch.Tensor  # (n, d_img) frozen image embeddings
+    labels: torch.Tensor  # (n,) int64
+    class_prompts: torch.Tensor  # (C, d_txt) frozen text embedding of one random template per class
+
+
+def downstream_loss(reference, params: dict, psi: torch.Tensor, tasks: list[TaskBatch]):
+    """Mean over tasks of the zero-shot cross-entropy of the (updated) reference model.
+
+    Returns (loss, per-task losses). psi is the learnable downstream log logit scale.
+    """
+    per_task = []
+    for task in tasks:
+        image = reference.encode_image(params, task.images)
+        classes = reference.encode_text(params, task.class_prompts)
+        logits = psi.exp() * image @ classes.T
+        per_task.append(F.cross_entropy(logits, task.labels))
+    per_task = torch.stack(per_task)
+    return per_task.mean(), per_task
+
+
+# --------------------------------------------------------------------------------------------
+# The reference model's optimizer step, differentiable in the gradient
+
+
+@dataclass
+class AdamWConfig:
+    lr: float = 5e-5
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    weight_decay: float = 0.2  # on >= 2-D weights only
+
+
+def adamw_init(params: dict) -> dict:
+    zeros = {k: torch.zeros_like(v) for k, v in params.items()}
+    return {"step": 0, "m": zeros, "v": {k: torch.zeros_like(v) for k, v in params.items()}}
+
+
+def adamw_step(params: dict, grads: dict, state: dict, cfg: AdamWConfig):
+    """theta' = AdamW(theta, g) as in torch.optim.AdamW, differentiable with respect to g.
+
+        m' = b1 m + (1 - b1) g             v' = b2 v + (1 - b2) g^2
+        theta' = theta (1 - lr wd) - lr (m' / (1 - b1^t)) / (sqrt(v' / (1 - b2^t)) + eps)
+
+    The moments of earlier steps (state) are constants. Returns (theta', state').
+    """
+    t = state["step"] + 1
+    new_params, new_m, new_v = {}, {}, {}
+    for k, theta in params.items():
+        g = grads[k]
+        m = cfg.beta1 * state["m"][k] + (1 - cfg.beta1) * g
+        v = cfg.beta2 * state["v"][k] + (1 - cfg.beta2) * g * g
+        m_hat = m / (1 - cfg.beta1**t)
+        v_hat = v / (1 - cfg.beta2**t)
+        # clamp_min keeps d sqrt/dv finite where v is exactly 0 (changes the value by < 1e-19)
+        update = m_hat / (v_hat.clamp_min(torch.finfo(v_hat.dtype).tiny).sqrt() + cfg.eps)
+        decay = cfg.weight_decay if theta.ndim >= 2 else 0.0
+        new_params[k] = theta * (1 - cfg.lr * decay) - cfg.lr * update
+        new_m[k], new_v[k] = m, v
+    return new_params, {"step": t, "m": new_m, "v": new_v}
+
+
+def sgd_step(params: dict, grads: dict, state: dict, cfg: AdamWConfig):
+    """theta' = theta - lr g (an alternative reference optimizer, linear in g)."""
+    return {k: p - cfg.lr * grads[k] for k, p in params.items()}, {**state, "step": state["step"] + 1}
+
+
+# --------------------------------------------------------------------------------------------
+# The meta-gradient
+
+
+@dataclass
+class MetaStep:
+    grad_log_weights: torch.Tensor  # dL_down / d log w, shape (N,)
+    upstream_loss: float
+    downstream_loss: float
+    task_losses: list[float]
+    new_params: dict  # theta' (detached)
+    new_state: dict  # optimizer state after the step (detached)
+    grad_psi: torch.Tensor  # dL_down / d psi
+
+
+def _upstream_features(reference, params, up_image, up_text):
+    return (
+        reference.encode_image(params, up_image),
+        reference.encode_text(params, up_text),
+        params["logit_scale"],
+    )
+
+
+def meta_gradient(
+    reference,
+    params: dict,
+    state: dict,
+    psi: torch.Tensor,
+    up_image: torch.Tensor,
+    up_text: torch.Tensor,
+    log_weights: torch.Tensor,
+    tasks: list[TaskBatch],
+    opt: AdamWConfig,
+    step_fn=adamw_step,
+) -> MetaStep:
+    """The exact meta-gradient in SPEC.md's efficient form (no Hessian through the towers)."""
+    theta = {k: p.detach().requires_grad_(True) for k, p in params.items()}
+    log_w = log_weights.detach()
+
+    # g = grad_theta L_up(theta; w): an ordinary backward pass.
+    features = _upstream_features(reference, theta, up_image, up_text)
+    loss_up = weighted_clip_loss(*features, log_w)
+    g = dict(zip(theta, torch.autograd.grad(loss_up, list(theta.values()))))
+
+    # v = dL_down/dg through theta' = AdamW_step(theta, g) (theta and the state are constants here).
+    g_leaf = {k: x.detach().requires_grad_(True) for k, x in g.items()}
+    psi_leaf = psi.detach().requires_grad_(True)
+    new_theta, new_state = step_fn({k: p.detach() for k, p in theta.items()}, g_leaf, state, opt)
+    new_theta = reference.clamp(new_theta)
+    loss_down, per_task = downstream_loss(reference, new_theta, psi_leaf, tasks)
+    # (allow_unused: the reference's own logit scale does not enter the downstream loss)
+    *v, grad_psi = torch.autograd.grad(
+        loss_down, [*g_leaf.values(), psi_leaf], allow_unused=True, materialize_grads=True
+    )
+    v = dict(zip(g_leaf, v))
+
+    # u = J_e v: how the batch's features move along v (one forward-mode pass through the towers).
+    theta_primal = {k: p.detach() for k, p in theta.items()}
+    _, u = jvp(lambda p: _upstream_features(reference, p, up_image, up_text), (theta_primal,), (v,))
+
+    # dL_down/dlog w = d/dlog w < dL_up/de(e; w), u >: second derivative through the loss head only.
+    e = [f.detach().requires_grad_(True) for f in features]
+    log_w = log_w.clone().requires_grad_(True)
+    loss_head = weighted_clip_loss(*e, log_w)
+    grad_e = torch.autograd.grad(loss_head, e, create_graph=True)
+    directional = sum((ge * ue).sum() for ge, ue in zip(grad_e, u))
+    (grad_log_w,) = torch.autograd.grad(directional, log_w)
+
+    return MetaStep(
+        grad_log_weights=grad_log_w.detach(),
+        upstream_loss=float(loss_up.detach()),
+        downstream_loss=float(loss_down.detach()),
+        task_losses=[float(x) for x in per_task.detach()],
+        new_params={k: p.detach() for k, p in new_theta.items()},
+        new_state=_detach_state(new_state),
+        grad_psi=grad_psi.detach(),
+    )
+
+
+def meta_gradient_double_backward(
+    reference, params, state, psi, up_image, up_text, log_weights, tasks, opt, step_fn=adamw_step
+) -> torch.Tensor:
+    """Reference implementation: dL_down/dlog w by back-propagating through g's own graph."""
+    theta = {k: p.detach().requires_grad_(True) for k, p in params.items()}
+    log_w = log_weights.detach().clone().requires_grad_(True)
+    loss_up = weighted_clip_loss(*_upstream_features(reference, theta, up_image, up_text), log_w)
+    g = dict(zip(theta, torch.autograd.grad(loss_up, list(theta.values()), create_graph=True)))
+    new_theta, _ = step_fn(theta, g, state, opt)
+    loss_down, _ = downstream_loss(reference, reference.clamp(new_theta), psi.detach(), tasks)
+    (grad,) = torch.autograd.grad(loss_down, log_w)
+    return grad.detach()
+
+
+def downstream_after_step(reference, params, state, psi, up_image, up_text, log_weights, tasks, opt, step_fn=adamw_step):
+    """L_down(theta'(w)) as a plain function of the log-weights (for finite differences)."""
+    theta = {k: p.detach().requires_grad_(True) for k, p in params.items()}
+    with torch.enable_grad():
+        loss_up = weighted_clip_loss(*_upstream_features(reference, theta, up_image, up_text), log_weights)
+        g = dict(zip(theta, torch.autograd.grad(loss_up, list(theta.values()))))
+    new_theta, _ = step_fn({k: p.detach() for k, p in theta.items()}, g, state, opt)
+    loss, _ = downstream_loss(reference, reference.clamp(new_theta), psi, tasks)
+    return loss.detach()
+
+
+def _detach_state(state: dict) -> dict:
+    out = {"step": state["step"]}
+    for key in ("m", "v"):
+        if key in state:
+            out[key] = {k: t.detach() for k, t in state[key].items()}
+    return out
