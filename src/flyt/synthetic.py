@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from flyt.io.arrays import fixed_size_list
-from flyt.io.atomic import write_parquet, write_text
+from flyt.io.atomic import write_parquet
+from flyt.io.tasks import write_task as write_task_dir
 from flyt.io.uids import random_uids
 
 KINDS = ("good", "misaligned", "off_domain")
@@ -92,30 +93,8 @@ def write_pool(pool: dict, directory, num_shards: int = 1, prefix: str = "shard"
 
 def write_task(task: dict, directory) -> Path:
     """Write a generated task directory (classnames, templates, train/test, prompts)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_text("\n".join(task["classnames"]) + "\n", directory / "classnames.txt")
-    write_text("\n".join(task["templates"]) + "\n", directory / "zeroshot_classification_templates.txt")
-    for split in ("train", "test"):
-        images, labels = task[split]
-        write_parquet(
-            pa.table({"image_embedding": fixed_size_list(images), "label": pa.array(labels, type=pa.int64())}),
-            directory / f"{split}.parquet",
-        )
-    prompts = task["prompts"]
-    T, C, _ = prompts.shape
-    t_idx, c_idx = np.meshgrid(np.arange(T), np.arange(C), indexing="ij")
-    write_parquet(
-        pa.table(
-            {
-                "template_index": pa.array(t_idx.ravel(), type=pa.int32()),
-                "class_index": pa.array(c_idx.ravel(), type=pa.int32()),
-                "text_embedding": fixed_size_list(prompts.reshape(T * C, -1)),
-            }
-        ),
-        directory / "prompts.parquet",
-    )
-    return directory
+    splits = {name: task[name] for name in ("train", "test")}
+    return write_task_dir(directory, task["classnames"], task["templates"], task["prompts"], splits)
 
 
 def make_planted(root, n: int = 4000, num_shards: int = 2, dim: int = 16, num_tasks: int = 1, seed: int = 0) -> dict:

@@ -103,3 +103,34 @@ def load_task(directory, image_dim: int | None = None, text_dim: int | None = No
     test_path = root / "test.parquet"
     test = _read_split(test_path, C, train.images.shape[1]) if test_path.is_file() else None
     return Task(root.name, classnames, templates, prompts, train, test)
+
+
+def write_task(directory, classnames: list[str], templates: list[str], prompts: np.ndarray, splits: dict) -> Path:
+    """Write a task directory from embeddings: ``prompts`` (templates, classes, d_txt) and
+    ``splits`` {name: (images (n, d_img), labels (n,))}. Each file is written atomically."""
+    import pyarrow as pa
+
+    from flyt.io.arrays import fixed_size_list
+    from flyt.io.atomic import write_parquet, write_text
+
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, (images, labels) in splits.items():
+        write_parquet(
+            pa.table({"image_embedding": fixed_size_list(np.asarray(images, np.float32)),
+                      "label": pa.array(np.asarray(labels, np.int64))}),
+            root / f"{name}.parquet",
+        )
+    T, C, _ = prompts.shape
+    t_idx, c_idx = np.meshgrid(np.arange(T), np.arange(C), indexing="ij")
+    write_parquet(
+        pa.table({
+            "template_index": pa.array(t_idx.ravel(), type=pa.int32()),
+            "class_index": pa.array(c_idx.ravel(), type=pa.int32()),
+            TEXT: fixed_size_list(np.asarray(prompts, np.float32).reshape(T * C, -1)),
+        }),
+        root / PROMPTS,
+    )
+    write_text("\n".join(templates) + "\n", root / TEMPLATES)
+    write_text("\n".join(classnames) + "\n", root / CLASSNAMES)
+    return root

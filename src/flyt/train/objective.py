@@ -44,7 +44,7 @@ def weighted_clip_loss(
     Weights sit on anchors and on negatives. Weights uniform on a subset M give the CLIP loss of M
     alone minus log|M|; an example of weight 0 (log weight -inf) has no influence at all.
     """
-    S = logit_scale.exp() * image_features @ text_features.T
+    S = (logit_scale.exp() * image_features) @ text_features.T  # scale the (N, d) side, not (N, N)
     w = log_weights.exp()
     positives = S.diagonal()
     log_norm_img = torch.logsumexp(S + log_weights[None, :], dim=1)  # over texts j, per image i
@@ -79,7 +79,7 @@ def downstream_loss(reference, params: dict, psi: torch.Tensor, tasks: list[Task
     for task in tasks:
         image = reference.encode_image(params, task.images)
         classes = reference.encode_text(params, task.class_prompts)
-        logits = psi.exp() * image @ classes.T
+        logits = (psi.exp() * image) @ classes.T
         per_task.append(F.cross_entropy(logits, task.labels))
     per_task = torch.stack(per_task)
     return per_task.mean(), per_task
@@ -169,17 +169,24 @@ def meta_gradient(
 ) -> MetaStep:
     """The exact meta-gradient in SPEC.md's efficient form (no Hessian through the towers)."""
     theta = {k: p.detach().requires_grad_(True) for k, p in params.items()}
-    log_w = log_weights.detach()
 
-    # g = grad_theta L_up(theta; w): an ordinary backward pass.
+    # e = (I, T, t) from the towers; dL_up/de through the loss head, keeping its graph: it is needed
+    # once more for the second derivative below, so S = exp(t) I T^T is computed only once.
     features = _upstream_features(reference, theta, up_image, up_text)
-    loss_up = weighted_clip_loss(*features, log_w)
-    g = dict(zip(theta, torch.autograd.grad(loss_up, list(theta.values()))))
+    e = [f.detach().requires_grad_(True) for f in features]
+    log_w = log_weights.detach().clone().requires_grad_(True)
+    loss_up = weighted_clip_loss(*e, log_w)
+    grad_e = torch.autograd.grad(loss_up, e, create_graph=True)
+
+    # g = grad_theta L_up = J_e^T dL_up/de: an ordinary backward pass through the towers.
+    g = torch.autograd.grad(features, list(theta.values()), grad_outputs=[x.detach() for x in grad_e])
+    g = dict(zip(theta, g))
 
     # v = dL_down/dg through theta' = AdamW_step(theta, g) (theta and the state are constants here).
     g_leaf = {k: x.detach().requires_grad_(True) for k, x in g.items()}
     psi_leaf = psi.detach().requires_grad_(True)
-    new_theta, new_state = step_fn({k: p.detach() for k, p in theta.items()}, g_leaf, state, opt)
+    theta_primal = {k: p.detach() for k, p in theta.items()}
+    new_theta, new_state = step_fn(theta_primal, g_leaf, state, opt)
     new_theta = reference.clamp(new_theta)
     loss_down, per_task = downstream_loss(reference, new_theta, psi_leaf, tasks)
     # (allow_unused: the reference's own logit scale does not enter the downstream loss)
@@ -189,14 +196,9 @@ def meta_gradient(
     v = dict(zip(g_leaf, v))
 
     # u = J_e v: how the batch's features move along v (one forward-mode pass through the towers).
-    theta_primal = {k: p.detach() for k, p in theta.items()}
     _, u = jvp(lambda p: _upstream_features(reference, p, up_image, up_text), (theta_primal,), (v,))
 
     # dL_down/dlog w = d/dlog w < dL_up/de(e; w), u >: second derivative through the loss head only.
-    e = [f.detach().requires_grad_(True) for f in features]
-    log_w = log_w.clone().requires_grad_(True)
-    loss_head = weighted_clip_loss(*e, log_w)
-    grad_e = torch.autograd.grad(loss_head, e, create_graph=True)
     directional = sum((ge * ue).sum() for ge, ue in zip(grad_e, u))
     (grad_log_w,) = torch.autograd.grad(directional, log_w)
 

@@ -1,0 +1,70 @@
+"""Zero-shot evaluation of students on task test splits, and the several-seeds protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flyt.bench.student import Student, StudentConfig, multiset_indices, train_student
+from flyt.errors import FlytError
+from flyt.io.tasks import Task
+
+
+def zeroshot_weights(student: Student, prompts: np.ndarray) -> torch.Tensor:
+    """(templates, classes, d_txt) prompt embeddings -> (classes, dim) classifier: each filled
+    template is projected and normalised, averaged over templates, normalised again (CLIP's
+    prompt ensembling)."""
+    p = torch.from_numpy(np.ascontiguousarray(prompts, dtype=np.float32))
+    with torch.no_grad():
+        per_template = student.encode_text(p)  # (T, C, dim)
+        return F.normalize(per_template.mean(0), dim=-1)
+
+
+def zeroshot_accuracy(student: Student, task: Task, split: str = "test") -> float:
+    """Top-1 accuracy of the zero-shot classifier on a task split."""
+    data = getattr(task, split)
+    if data is None:
+        raise FlytError(f"task {task.name}: has no {split} split")
+    classifier = zeroshot_weights(student, task.prompts)
+    with torch.no_grad():
+        image = student.encode_image(torch.from_numpy(np.ascontiguousarray(data.images, dtype=np.float32)))
+        pred = (image @ classifier.T).argmax(1).numpy()
+    return float((pred == data.labels).mean())
+
+
+def evaluate(student: Student, tasks: list[Task], split: str = "test") -> dict:
+    """Per-task accuracy and their unweighted average (``"average"``)."""
+    if not tasks:
+        raise FlytError("no tasks to evaluate on")
+    out = {t.name: zeroshot_accuracy(student, t, split) for t in tasks}
+    out["average"] = float(np.mean([out[t.name] for t in tasks]))
+    return out
+
+
+def evaluate_selection(
+    image: np.ndarray,
+    text: np.ndarray,
+    pool_uids: np.ndarray,
+    selection,
+    tasks: list[Task],
+    config: StudentConfig = StudentConfig(),
+    seeds=(0, 1, 2),
+    split: str = "test",
+) -> dict:
+    """Train one student per seed on the selection and evaluate each.
+
+    Returns ``{"per_seed": [{task: acc, ..., "average": acc}], "mean": {...}, "std": {...}}``
+    (std is the population standard deviation over seeds).
+    """
+    indices = multiset_indices(pool_uids, selection)
+    runs = [evaluate(train_student(image, text, indices, config, seed), tasks, split) for seed in seeds]
+    keys = list(runs[0])
+    return {
+        "per_seed": runs,
+        "mean": {k: float(np.mean([r[k] for r in runs])) for k in keys},
+        "std": {k: float(np.std([r[k] for r in runs])) for k in keys},
+        "seeds": list(seeds),
+        "selected": int(len(indices)),
+        "unique": int(len(np.unique(indices))),
+    }

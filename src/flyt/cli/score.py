@@ -1,0 +1,79 @@
+"""``flyt score``: per-example scores for every pool shard (baselines or a trained scorer.pt)."""
+
+from __future__ import annotations
+
+import argparse
+
+from flyt.errors import FlytError
+
+
+def add_parser(subparsers) -> None:
+    from flyt.scorers.registry import SCORERS, ScorerOptions
+
+    d = ScorerOptions()
+    p = subparsers.add_parser(
+        "score",
+        help="score every pool shard (one score shard per pool shard, same stem)",
+        description=(
+            "Compute per-example scores over a pool (flyt pool shards or a DataComp metadata "
+            "directory) and write one score shard per pool shard, atomically. A re-run skips "
+            "shards already scored. Scorers: " + ", ".join(SCORERS) + ", or PATH/scorer.pt "
+            "(a FLYT or M-FLYT scorer from 'flyt train')."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--pool", required=True, help="pool directory (flyt shards, or DataComp <stem>.parquet + <stem>.npz)")
+    p.add_argument("--out", required=True, help="output score directory")
+    p.add_argument("--scorer", required=True, nargs="+", action="extend", metavar="NAME|PATH",
+                   help="scorer name(s) or scorer.pt path(s); each writes its own column(s)")
+    p.add_argument("--tasks", nargs="+", action="extend", default=[], metavar="DIR",
+                   help="downstream task directories (normsim_2, normsim_inf, classifier, image_based)")
+    p.add_argument("--scores", nargs="+", action="extend", default=[], metavar="DIR",
+                   help="extra score directories, joined by uid, for M-FLYT input columns not in the pool")
+    p.add_argument("--workers", type=int, default=1, help="shards scored in parallel")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="where shards are scored")
+    p.add_argument("--pair", choices=["b32", "l14"], default="l14", help="DataComp embedding pair to read")
+    p.add_argument("--batch-rows", type=int, default=8192, help="rows read and scored at a time")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pool samples (negclip_loss, classifier, image_based)")
+    p.add_argument("--negclip-batches", type=int, default=d.negclip_batches, help="negclip_loss: reference batches")
+    p.add_argument("--negclip-batch-size", type=int, default=d.negclip_batch_size,
+                   help="negclip_loss: batch size (the example plus batch-size - 1 pool examples)")
+    p.add_argument("--teacher-temperature", type=float, default=d.teacher_temperature,
+                   help="negclip_loss: the teacher CLIP's temperature (1 / logit scale)")
+    p.add_argument("--clusters", type=int, default=d.clusters, help="image_based: k-means clusters")
+    p.add_argument("--kmeans-sample", type=int, default=d.kmeans_sample, help="image_based: pool rows k-means is fitted on")
+    p.add_argument("--classifier", default=None, metavar="PATH", help="classifier: load this saved probe instead of fitting")
+    p.add_argument("--save-classifier", default=None, metavar="PATH", help="classifier: save the probe (.npz) for reuse")
+    p.add_argument("--classifier-negatives", type=int, default=d.classifier_negatives,
+                   help="classifier: pool rows sampled as negatives")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from flyt.pipeline.score import score_pool
+    from flyt.scorers.registry import ScorerOptions
+
+    options = ScorerOptions(
+        negclip_batches=args.negclip_batches,
+        negclip_batch_size=args.negclip_batch_size,
+        teacher_temperature=args.teacher_temperature,
+        clusters=args.clusters,
+        kmeans_sample=args.kmeans_sample,
+        classifier=args.classifier,
+        save_classifier=args.save_classifier,
+        classifier_negatives=args.classifier_negatives,
+    )
+    summary = score_pool(
+        args.pool, args.out, args.scorer, options, tasks=args.tasks, score_dirs=args.scores,
+        workers=args.workers, engine=args.engine, pair=args.pair, batch_rows=args.batch_rows,
+        seed=args.seed, progress=False if args.no_progress else None,
+    )
+    print(summary.line(args.out))
+    if summary.failures:
+        first = summary.failures[0]
+        raise FlytError(
+            f"{len(summary.failures)} of {summary.shards} shards failed (first: {first.stem}: {first.error}); "
+            "the other shards were written; fix and re-run to finish"
+        )
+    return 0

@@ -1,0 +1,107 @@
+"""Embedding cache keyed by content: sha1 of the image bytes or of the caption's UTF-8 text.
+
+One directory per encoder (its ``name``) and modality, holding parquet parts with ``key`` (40-hex
+sha1) and ``embedding``. New vectors are appended as a new part after every chunk, so an
+interrupted run keeps what it computed and a re-run only encodes what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flyt.encoders.base import Encoder, decode_image
+from flyt.io.arrays import fixed_size_list
+from flyt.io.atomic import write_parquet
+
+CHUNK = 1024
+
+
+def sha1_bytes(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def sha1_text(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class _Store:
+    """The parts of one (encoder, modality) directory, loaded lazily into one dict."""
+
+    def __init__(self, directory: Path | None, dim: int):
+        self.directory = directory
+        self.dim = dim
+        self.rows: dict[str, np.ndarray] = {}
+        if directory is not None and directory.is_dir():
+            for part in sorted(directory.glob("part-*.parquet")):
+                t = pq.read_table(part)
+                keys = t.column("key").to_pylist()
+                emb = t.column("embedding").combine_chunks().flatten().to_numpy().reshape(len(keys), -1)
+                if emb.shape[1] != dim:
+                    continue  # a stale part from another configuration; ignore it
+                self.rows.update(zip(keys, emb.astype(np.float32)))
+
+    def add(self, keys: list[str], emb: np.ndarray) -> None:
+        self.rows.update(zip(keys, emb))
+        if self.directory is not None and keys:
+            n = len(list(self.directory.glob("part-*.parquet"))) if self.directory.is_dir() else 0
+            table = pa.table({"key": pa.array(keys, pa.string()), "embedding": fixed_size_list(emb)})
+            write_parquet(table, self.directory / f"part-{n:05d}-{keys[0][:8]}.parquet")
+
+
+class CachedEncoder:
+    """Wraps an :class:`Encoder`; returns cached rows and encodes only what is new.
+
+    ``directory=None`` keeps the cache in memory only.
+    """
+
+    def __init__(self, encoder: Encoder, directory=None, progress: bool = False):
+        self.encoder = encoder
+        root = Path(directory) / encoder.name if directory is not None else None
+        self._images = _Store(root / "image" if root else None, encoder.image_dim)
+        self._texts = _Store(root / "text" if root else None, encoder.text_dim)
+        self.progress = progress
+        self.encoded = {"image": 0, "text": 0}  # how many vectors were computed (not cached)
+
+    def _lookup(self, store: _Store, keys: list[str], items: list, encode, kind: str) -> np.ndarray:
+        todo: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k not in store.rows and k not in todo:
+                todo[k] = i
+        todo_keys = list(todo)
+        bar = None
+        if self.progress and todo_keys:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo_keys), desc=f"embed {kind}s", unit=kind)
+        for start in range(0, len(todo_keys), CHUNK):
+            chunk = todo_keys[start : start + CHUNK]
+            emb = encode([items[todo[k]] for k in chunk])
+            store.add(chunk, emb)
+            self.encoded[kind] += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        out = np.empty((len(keys), store.dim), dtype=np.float32)
+        for i, k in enumerate(keys):
+            out[i] = store.rows[k]
+        return out
+
+    def images(self, images: list[bytes], where: str = "image") -> np.ndarray:
+        """Encoded image files (PNG/JPEG bytes) -> (n, image_dim) float32, L2-normalised."""
+        keys = [sha1_bytes(b) for b in images]
+
+        def encode(batch):
+            return self.encoder.encode_images([decode_image(b, where) for b in batch])
+
+        return self._lookup(self._images, keys, list(images), encode, "image")
+
+    def texts(self, texts: list[str]) -> np.ndarray:
+        """Captions -> (n, text_dim) float32, L2-normalised."""
+        texts = [str(t) for t in texts]
+        return self._lookup(self._texts, [sha1_text(t) for t in texts], texts, self.encoder.encode_texts, "text")

@@ -1,0 +1,1 @@
+"""Entry points that run a whole job over a pool: scoring (``flyt.pipeline.score``)."""

@@ -1,0 +1,151 @@
+"""report.html for `flyt demo`: the results table, plots and example pairs, in one self-contained file.
+
+Plots (matplotlib, embedded as PNG): accuracy bars with seed error bars, M-FLYT weights, score
+histograms by source and by ground-truth defect, the SCS count histogram; thumbnails of the
+highest- and lowest-scored pairs with their captions.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from flyt.io.atomic import write_text
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _accuracy_plot(summary) -> str:
+    import matplotlib.pyplot as plt
+
+    names = list(summary["results"])
+    means = [100 * summary["results"][n]["mean"]["average"] for n in names]
+    stds = [100 * summary["results"][n]["std"]["average"] for n in names]
+    colors = ["#d62728" if n.startswith(("flyt", "mflyt")) else "#7f7f7f" for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.38 * len(names) + 1))
+    ax.barh(range(len(names)), means, xerr=stds, color=colors, capsize=3)
+    ax.set_yticks(range(len(names)), [summary["results"][n]["label"] for n in names])
+    ax.invert_yaxis()
+    ax.set_xlabel("average zero-shot accuracy (%), mean +- std over seeds")
+    lo = min(m - s for m, s in zip(means, stds))
+    ax.set_xlim(max(0, lo - 3), max(m + s for m, s in zip(means, stds)) + 1)
+    return _png(fig)
+
+
+def _weights_plot(weights: dict) -> str:
+    import matplotlib.pyplot as plt
+
+    items = sorted(weights.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(items) + 1))
+    ax.barh([k for k, _ in items], [v for _, v in items], color=["#1f77b4" if v >= 0 else "#ff7f0e" for _, v in items])
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("M-FLYT weight on the standardised score")
+    return _png(fig)
+
+
+def _histograms(score: np.ndarray, groups: np.ndarray, title: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    bins = np.linspace(np.nanpercentile(score, 0.5), np.nanpercentile(score, 99.5), 50)
+    for g in sorted(set(groups)):
+        ax.hist(score[groups == g], bins=bins, histtype="step", density=True, label=f"{g} ({(groups == g).sum()})")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _count_histogram(counts: np.ndarray, title: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    values, freq = np.unique(counts, return_counts=True)
+    ax.bar(values, freq, color="#2ca02c")
+    ax.set_yscale("log")
+    ax.set_xlabel("copies of an example in the subset")
+    ax.set_ylabel("examples")
+    ax.set_title(title)
+    return _png(fig)
+
+
+def _thumbnails(bench_dir: Path, meta, score: np.ndarray, k: int = 12):
+    path = bench_dir / "thumbnails.parquet"
+    if not path.is_file() or "image_sha1" not in meta.column_names:
+        return [], []
+    thumbs = pq.read_table(path)
+    by_sha = dict(zip(thumbs.column("image_sha1").to_pylist(), thumbs.column("image").to_pylist()))
+    sha = meta.column("image_sha1").to_pylist()
+    text = meta.column("text").to_pylist()
+    order = np.argsort(score)
+
+    def cards(rows):
+        out = []
+        for r in rows:
+            img = by_sha.get(sha[r])
+            src = "data:image/png;base64," + base64.b64encode(img).decode() if img else ""
+            out.append((src, text[r], float(score[r])))
+        return out
+
+    return cards(order[::-1][:k]), cards(order[:k])
+
+
+def write_report(summary: dict, scores: dict, meta, bench_dir: Path, subsets_dir: Path, out: Path) -> None:
+    from flyt.pipeline.demo import results_markdown
+
+    sources = np.asarray(meta.column("source").to_pylist()) if "source" in meta.column_names else None
+    defects = np.asarray(meta.column("defect").to_pylist()) if "defect" in meta.column_names else None
+    figs = [("Average accuracy by strategy", _accuracy_plot(summary)),
+            ("M-FLYT weights", _weights_plot(summary["mflyt_weights"]))]
+    for column in ("mflyt", "flyt", "clip_score"):
+        if column in scores:
+            if sources is not None:
+                figs.append((f"{column} by source", _histograms(scores[column], sources, f"{column} by source")))
+            if defects is not None:
+                figs.append((f"{column} by defect", _histograms(scores[column], defects, f"{column} by ground-truth defect")))
+    scs = subsets_dir / "mflyt_scs.npy"
+    if scs.is_file():
+        subset = np.load(scs)
+        _, counts = np.unique(subset, return_counts=True)
+        figs.append(("SCS counts", _count_histogram(counts, "M-FLYT + SCS: copies per selected example")))
+    top, bottom = _thumbnails(bench_dir, meta, scores.get("mflyt", scores.get("flyt")))
+
+    def gallery(cards):
+        return "".join(
+            f'<figure><img src="{src}" alt=""><figcaption>{html.escape(caption)}<br><b>{s:+.3f}</b></figcaption></figure>'
+            for src, caption, s in cards
+        )
+
+    table_md = results_markdown(summary)
+    body = [
+        "<h1>flyt demo report</h1>",
+        f"<pre>{html.escape(table_md)}</pre>",
+        *(f"<h2>{html.escape(t)}</h2><img class='plot' src='{src}' alt='{html.escape(t)}'>" for t, src in figs),
+        "<h2>Highest M-FLYT scores</h2><div class='gallery'>" + gallery(top) + "</div>",
+        "<h2>Lowest M-FLYT scores</h2><div class='gallery'>" + gallery(bottom) + "</div>",
+    ]
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>flyt demo report</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
+pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }}
+img.plot {{ max-width: 100%; }}
+.gallery {{ display: flex; flex-wrap: wrap; gap: 8px; }}
+figure {{ width: 120px; margin: 0; font-size: 11px; }}
+figure img {{ width: 96px; height: 96px; image-rendering: pixelated; border: 1px solid #ddd; }}
+</style></head><body>
+{''.join(body)}
+</body></html>
+"""
+    write_text(page, out)

@@ -1,0 +1,115 @@
+"""Where a shard's (uid, score) rows come from: score parquet shards, arrays, or a generator.
+
+A source is a small picklable object with ``where`` (a name for messages), ``num_rows()`` (cheap)
+and ``load(stride=1) -> (pairs, scores)``: every stride-th row's uid pair (flyt.io.uids.UID_DTYPE)
+and float64 score, validated. Samplers only ever hold one shard's rows at a time per worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flyt.errors import FlytError
+from flyt.io.arrays import check_finite, float_column
+from flyt.io.pool import list_shards, read_table
+from flyt.io.uids import UID_DTYPE, uids_to_pairs
+
+
+@dataclass(frozen=True)
+class ParquetScores:
+    """One score (or pool) parquet shard and the score column to sample by."""
+
+    path: str
+    column: str
+
+    @property
+    def where(self) -> str:
+        return self.path
+
+    def num_rows(self) -> int:
+        try:
+            return pq.ParquetFile(self.path).metadata.num_rows
+        except Exception as exc:
+            raise FlytError(f"{self.path}: unreadable parquet shard ({type(exc).__name__}: {exc})") from None
+
+    def load(self, stride: int = 1):
+        table = read_table(self.path, ["uid", self.column])
+        scores = float_column(table, self.column, self.path)
+        uids = table.column("uid")
+        if stride > 1:  # parse only the uids asked for: parsing is most of a shard's read time
+            uids, scores = uids.take(pa.array(np.arange(0, len(scores), stride))), scores[::stride]
+        return arrow_uid_pairs(uids, self.path), scores
+
+
+@dataclass(frozen=True)
+class ArrayScores:
+    """Rows already in memory (tests, small pools, the Python API)."""
+
+    pairs: np.ndarray
+    scores: np.ndarray
+    name: str = "<arrays>"
+
+    @property
+    def where(self) -> str:
+        return self.name
+
+    def num_rows(self) -> int:
+        return len(self.scores)
+
+    def load(self, stride: int = 1):
+        scores = np.asarray(self.scores, dtype=np.float64)
+        if scores.ndim != 1 or len(scores) != len(self.pairs):
+            raise FlytError(f"{self.name}: need one score per uid, got {scores.shape} for {len(self.pairs)} uids")
+        check_finite(scores, self.name, "score")
+        return np.asarray(self.pairs, dtype=UID_DTYPE)[::stride], scores[::stride]
+
+
+@dataclass(frozen=True)
+class GeneratedScores:
+    """A synthetic shard made on demand (benchmarks): random uids, float32 N(0, scale) scores."""
+
+    seed: int
+    index: int
+    rows: int
+    scale: float = 1.0
+
+    @property
+    def where(self) -> str:
+        return f"<generated shard {self.index}>"
+
+    def num_rows(self) -> int:
+        return self.rows
+
+    def load(self, stride: int = 1):
+        rng = np.random.default_rng([self.seed, self.index])
+        pairs = rng.bit_generator.random_raw(2 * self.rows).view(UID_DTYPE)
+        scores = (rng.standard_normal(self.rows, dtype=np.float32) * np.float32(self.scale)).astype(np.float64)
+        return pairs[::stride], scores[::stride]
+
+
+def score_sources(directory, column: str) -> list[ParquetScores]:
+    """One source per ``*.parquet`` shard of a score directory (sorted by name)."""
+    return [ParquetScores(str(p), column) for p in list_shards(directory, kind="scores")]
+
+
+def arrow_uid_pairs(col, where: str) -> np.ndarray:
+    """Arrow uid string column -> uid pairs, reading the string buffer directly when it can.
+
+    Parsing through Python strings costs seconds per million rows; 32-byte uids sit back to back
+    in the Arrow data buffer, so they can be viewed as fixed-width bytes without copying.
+    """
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    if n and pa.types.is_string(arr.type) and arr.null_count == 0:
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n + 1, offset=4 * arr.offset)
+        if offsets[-1] - offsets[0] == 32 * n and np.all(np.diff(offsets) == 32):
+            data = np.frombuffer(arr.buffers()[2], dtype=np.uint8, count=32 * n, offset=int(offsets[0]))
+            return uids_to_pairs(data.view("S32"), where)
+    if arr.null_count:
+        r = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise FlytError(f"{where}: row {r}: uid is null")
+    return uids_to_pairs(arr, where)

@@ -1,0 +1,54 @@
+"""Writing a drawn multiset: the DataComp subset ``.npy``, its ``.json`` summary and an
+optional ``uid,count`` parquet. All files appear atomically, together or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flyt.io.atomic import atomic_path
+from flyt.io.uids import UID_DTYPE, pairs_to_uids
+
+CHUNK_ROWS = 1 << 22  # unique uids expanded per write, so the subset is never held twice
+
+
+def summary_path(out) -> Path:
+    return Path(out).with_suffix(".json")
+
+
+def write_subset(out, pairs: np.ndarray, counts: np.ndarray, summary: dict, counts_parquet=None) -> None:
+    """``out``: sorted structured (f0, f1) uint64 array with uid i repeated counts[i] times."""
+    total = int(counts.sum())
+    with contextlib.ExitStack() as stack:
+        npy_tmp = stack.enter_context(atomic_path(out))
+        json_tmp = stack.enter_context(atomic_path(summary_path(out)))
+        with open(npy_tmp, "wb") as f:
+            header = {"descr": np.lib.format.dtype_to_descr(UID_DTYPE), "fortran_order": False, "shape": (total,)}
+            np.lib.format.write_array_header_1_0(f, header)
+            for i in range(0, len(pairs), CHUNK_ROWS):
+                np.repeat(pairs[i : i + CHUNK_ROWS], counts[i : i + CHUNK_ROWS]).tofile(f)
+        json_tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        if counts_parquet is not None:
+            pq_tmp = stack.enter_context(atomic_path(counts_parquet))
+            writer = None
+            try:
+                for i in range(0, len(pairs), CHUNK_ROWS):
+                    table = pa.table(
+                        {
+                            "uid": pa.array(pairs_to_uids(pairs[i : i + CHUNK_ROWS]), type=pa.string()),
+                            "count": pa.array(counts[i : i + CHUNK_ROWS].astype(np.int64)),
+                        }
+                    )
+                    if writer is None:
+                        writer = pq.ParquetWriter(pq_tmp, table.schema)
+                    writer.write_table(table)
+                if writer is None:
+                    pq.write_table(pa.table({"uid": pa.array([], pa.string()), "count": pa.array([], pa.int64())}), pq_tmp)
+            finally:
+                if writer is not None:
+                    writer.close()

@@ -1,0 +1,69 @@
+"""What every scorer shares: the batch it scores, the pool-wide context it may fit on, its interface.
+
+A scorer is a small picklable object. ``fit(ctx)`` computes any pool-wide state once, in the driver
+(a reference sample, a classifier, centroids); ``score(batch)`` is then a pure function of the batch
+and that state, so the per-shard work can run anywhere (process pool, Ray) with identical results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+
+@dataclass
+class Batch:
+    """Rows of one pool shard, aligned across fields."""
+
+    uids: np.ndarray  # (n,) str
+    image: np.ndarray | None = None  # (n, d_img) float32, L2-normalised
+    text: np.ndarray | None = None  # (n, d_txt) float32, L2-normalised
+    captions: pa.Array | None = None  # (n,) strings (may hold nulls)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # float64 input score columns
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+
+class FitContext(Protocol):
+    """What the driver offers a scorer that needs pool-wide state."""
+
+    seed: int
+
+    def pool_sample(self, n: int, salt: str) -> Batch:
+        """Up to n pool rows drawn uniformly without replacement (embeddings and uids), in random
+        order, determined by (seed, salt) and the pool alone."""
+
+    def task_images(self) -> np.ndarray:
+        """The L2-normalised training images of all given downstream tasks, concatenated."""
+
+
+class Scorer:
+    """Base class. Subclasses set ``name`` and the needs flags and implement ``score``."""
+
+    name: str = ""
+    needs_embeddings: bool = False
+    needs_captions: bool = False
+
+    @property
+    def input_columns(self) -> list[str]:
+        """Score columns (from the pool shards or --scores directories) this scorer reads."""
+        return []
+
+    def output_columns(self) -> list[str]:
+        return [self.name]
+
+    def fit(self, ctx: FitContext) -> None:
+        """Compute pool-wide state (default: none)."""
+
+    def score(self, batch: Batch) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+def row_chunks(n: int, size: int):
+    """[start, stop) ranges covering n rows, to bound the memory of (rows x reference) matrices."""
+    for start in range(0, n, size):
+        yield start, min(start + size, n)

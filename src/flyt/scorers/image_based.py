@@ -1,0 +1,63 @@
+"""``image_based``: DataComp's image-based filter as a 0/1 score column.
+
+k-means (scikit-learn, the ``flyt-clip[scorers]`` extra) over a uniform sample of the pool's image
+embeddings gives centroids; every downstream training image votes for its nearest centroid; a pool
+example scores 1 when its own nearest centroid got a vote, else 0. Nearest means smallest Euclidean
+distance, computed in float64 as ||c||^2 - 2 <x, c> (the ||x||^2 term is the same for all c).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flyt.errors import FlytError, require
+from flyt.scorers.base import Batch, FitContext, Scorer, row_chunks
+
+
+def nearest_centroid(x: np.ndarray, centroids: np.ndarray, chunk_rows: int = 4096) -> np.ndarray:
+    """Index of each row's nearest centroid (Euclidean)."""
+    c = np.asarray(centroids, dtype=np.float64)
+    c_sq = np.einsum("ij,ij->i", c, c)
+    out = np.empty(len(x), dtype=np.int64)
+    for lo, hi in row_chunks(len(x), chunk_rows):
+        d = c_sq[None, :] - 2.0 * (np.asarray(x[lo:hi], dtype=np.float64) @ c.T)
+        out[lo:hi] = np.argmin(d, axis=1)
+    return out
+
+
+def fit_centroids(sample: np.ndarray, clusters: int, seed: int) -> np.ndarray:
+    """k-means centroids of ``sample`` (deterministic given the seed)."""
+    cluster = require("sklearn.cluster", "scorers")
+    if clusters < 1 or clusters > len(sample):
+        raise FlytError(f"option --clusters must be between 1 and the sample size {len(sample)}, got {clusters}")
+    km = cluster.KMeans(n_clusters=clusters, n_init=1, random_state=seed, max_iter=100)
+    km.fit(np.asarray(sample, dtype=np.float32))
+    return km.cluster_centers_.astype(np.float64)
+
+
+def target_clusters(centroids: np.ndarray, task_images: np.ndarray) -> np.ndarray:
+    """Sorted ids of the clusters that are nearest to at least one downstream image."""
+    return np.unique(nearest_centroid(task_images, centroids))
+
+
+class ImageBased(Scorer):
+    """``image_based``: 1 if the example's k-means cluster is nearest to some downstream image."""
+
+    name = "image_based"
+    needs_embeddings = True
+
+    def __init__(self, clusters: int = 1000, sample: int = 100_000):
+        if sample < 1:
+            raise FlytError(f"option --kmeans-sample must be >= 1, got {sample}")
+        self.clusters, self.sample = clusters, sample
+        self.centroids = None
+        self.targets = None
+
+    def fit(self, ctx: FitContext) -> None:
+        pool = ctx.pool_sample(self.sample, salt="image_based")
+        self.centroids = fit_centroids(pool.image, self.clusters, ctx.seed)
+        self.targets = target_clusters(self.centroids, ctx.task_images())
+
+    def score(self, batch: Batch) -> dict[str, np.ndarray]:
+        nearest = nearest_centroid(batch.image, self.centroids)
+        return {self.name: np.isin(nearest, self.targets).astype(np.float32)}

@@ -1,0 +1,53 @@
+"""NormSim_p (Wang et al. 2024): how close an example's image is to the downstream training images.
+
+    normsim_p(x) = || (<f(x), f(t_j)>)_j ||_p   over target images t_j (L2-normalised)
+
+p = inf is the largest similarity; p = 2 is taken as the RMS (SPEC.md 5), i.e. the 2-norm divided by
+sqrt(#targets): a constant factor, so rankings equal the plain 2-norm's. Image embeddings only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flyt.errors import FlytError
+from flyt.scorers.base import Batch, FitContext, Scorer
+
+
+def normsim(image: np.ndarray, targets: np.ndarray, p: float, chunk: int = 16384) -> np.ndarray:
+    """NormSim_p of each row of ``image`` against ``targets`` (float32). p is 2 or inf."""
+    if p not in (2, np.inf):
+        raise FlytError(f"normsim: p must be 2 or inf, got {p}")
+    n = len(image)
+    acc = np.full(n, -np.inf) if p == np.inf else np.zeros(n)
+    for lo in range(0, len(targets), chunk):  # bound memory for large target sets
+        sims = (image @ targets[lo : lo + chunk].T).astype(np.float64)
+        if p == np.inf:
+            acc = np.maximum(acc, sims.max(axis=1))
+        else:
+            acc += np.einsum("ij,ij->i", sims, sims)
+    if p == 2:
+        acc = np.sqrt(acc / len(targets))
+    return acc.astype(np.float32)
+
+
+class NormSim(Scorer):
+    """``normsim_2`` / ``normsim_inf`` against the image embeddings of the --tasks training sets."""
+
+    needs_embeddings = True
+
+    def __init__(self, p: float):
+        self.p = p
+        self.name = "normsim_inf" if p == np.inf else "normsim_2"
+        self.targets = None
+
+    def fit(self, ctx: FitContext) -> None:
+        self.targets = ctx.task_images()
+
+    def score(self, batch: Batch) -> dict[str, np.ndarray]:
+        if batch.image.shape[1] != self.targets.shape[1]:
+            raise FlytError(
+                f"{self.name}: pool image embeddings are {batch.image.shape[1]}-d but the task images are "
+                f"{self.targets.shape[1]}-d (embed both with the same model)"
+            )
+        return {self.name: normsim(batch.image, self.targets, self.p)}
