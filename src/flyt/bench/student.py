@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from flyt.errors import FlytError
-from flyt.io.uids import UID_DTYPE, uids_to_pairs
+from flyt.io.uids import UID_DTYPE, pairs_to_uids, uids_to_pairs
 
 
 @dataclass
@@ -93,7 +93,7 @@ def multiset_indices(pool_uids: np.ndarray, selection) -> np.ndarray:
     found = pool_keys[order][pos_c] == keys
     if not found.all():
         r = int(np.flatnonzero(~found)[0])
-        raise FlytError(f"selection: row {r}: uid {_hex(wanted[r])} is not in the pool")
+        raise FlytError(f"selection: row {r}: uid {pairs_to_uids(wanted[r : r + 1])[0]} is not in the pool")
     return np.repeat(order[pos_c], counts)
 
 
@@ -102,10 +102,6 @@ def _keys(pairs: np.ndarray) -> np.ndarray:
     words = np.empty((len(pairs), 2), dtype=">u8")
     words[:, 0], words[:, 1] = pairs["f0"], pairs["f1"]
     return words.view("S16").ravel()
-
-
-def _hex(pair) -> str:
-    return f"{int(pair['f0']):016x}{int(pair['f1']):016x}"
 
 
 def batches(indices: np.ndarray, config: StudentConfig, seed: int):

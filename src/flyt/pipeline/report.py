@@ -101,6 +101,27 @@ def _thumbnails(bench_dir: Path, meta, score: np.ndarray, k: int = 12):
     return cards(order[::-1][:k]), cards(order[:k])
 
 
+def _markdown_html(md: str) -> str:
+    """results.md as HTML: its pipe table as a <table>, other lines as paragraphs. (A <pre> of the
+    markdown is wider than the page once there are several tasks: the last columns were cut off.)"""
+    out, rows = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not set("".join(cells)) <= set("-:"):  # not the |---| separator row
+                rows.append(cells)
+            continue
+        if rows:
+            head, *body = rows
+            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead><tbody>"
+                       + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+                       + "</tbody></table>")
+            rows = []
+        if line.strip() and not line.startswith("# "):  # the page has its own title
+            out.append(f"<p>{html.escape(line.removeprefix('- '))}</p>")
+    return "".join(out)
+
+
 def write_report(summary: dict, scores: dict, meta, bench_dir: Path, subsets_dir: Path, out: Path) -> None:
     from flyt.pipeline.demo import results_markdown
 
@@ -130,7 +151,7 @@ def write_report(summary: dict, scores: dict, meta, bench_dir: Path, subsets_dir
     table_md = results_markdown(summary)
     body = [
         "<h1>flyt demo report</h1>",
-        f"<pre>{html.escape(table_md)}</pre>",
+        _markdown_html(table_md),
         *(f"<h2>{html.escape(t)}</h2><img class='plot' src='{src}' alt='{html.escape(t)}'>" for t, src in figs),
         "<h2>Highest M-FLYT scores</h2><div class='gallery'>" + gallery(top) + "</div>",
         "<h2>Lowest M-FLYT scores</h2><div class='gallery'>" + gallery(bottom) + "</div>",
@@ -139,7 +160,10 @@ def write_report(summary: dict, scores: dict, meta, bench_dir: Path, subsets_dir
 <html lang="en"><head><meta charset="utf-8"><title>flyt demo report</title>
 <style>
 body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
-pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }}
+table {{ border-collapse: collapse; font-size: 12px; }}
+th, td {{ border: 1px solid #ddd; padding: 3px 6px; text-align: right; white-space: nowrap; }}
+th:first-child, td:first-child {{ text-align: left; }}
+thead th {{ background: #f0f0f0; }}
 img.plot {{ max-width: 100%; }}
 .gallery {{ display: flex; flex-wrap: wrap; gap: 8px; }}
 figure {{ width: 120px; margin: 0; font-size: 11px; }}

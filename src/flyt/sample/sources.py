@@ -97,19 +97,5 @@ def score_sources(directory, column: str) -> list[ParquetScores]:
 
 
 def arrow_uid_pairs(col, where: str) -> np.ndarray:
-    """Arrow uid string column -> uid pairs, reading the string buffer directly when it can.
-
-    Parsing through Python strings costs seconds per million rows; 32-byte uids sit back to back
-    in the Arrow data buffer, so they can be viewed as fixed-width bytes without copying.
-    """
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    n = len(arr)
-    if n and pa.types.is_string(arr.type) and arr.null_count == 0:
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n + 1, offset=4 * arr.offset)
-        if offsets[-1] - offsets[0] == 32 * n and np.all(np.diff(offsets) == 32):
-            data = np.frombuffer(arr.buffers()[2], dtype=np.uint8, count=32 * n, offset=int(offsets[0]))
-            return uids_to_pairs(data.view("S32"), where)
-    if arr.null_count:
-        r = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-        raise FlytError(f"{where}: row {r}: uid is null")
-    return uids_to_pairs(arr, where)
+    """Arrow uid column -> uid pairs (the zero-copy reader lives in flyt.io.uids)."""
+    return uids_to_pairs(col, where)

@@ -1,0 +1,113 @@
+"""`flyt demo` end to end, CI-sized: the real pipeline (benchmark builder, teacher, baseline scorers,
+FLYT, M-FLYT, sampling, students, evaluation, report) on a benchmark of ~300 generated pairs."""
+
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from _demo_helpers import POOL_PER_SOURCE, SEEDS, STUDENT_SAMPLES, tiny_config, tiny_demo_run
+from flyt.io.pool import load_pool
+from flyt.io.uids import UID_DTYPE, uids_to_pairs
+from flyt.pipeline.demo import BASELINES, run_demo
+
+STRATEGIES = {"no_filter", "random", *BASELINES, "flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs"}
+TASKS = ["digits", "fashion_mnist", "fluent_subgroups", "openmoji_groups"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return tiny_demo_run(tmp_path_factory)
+
+
+def test_benchmark_is_a_few_hundred_pairs_with_defects(demo):
+    bench, _, summary, _ = demo
+    pool = summary["benchmark"]["pool"]
+    assert 5 * POOL_PER_SOURCE <= pool["rows"] <= 400
+    assert len(pool["by_source_defect"]) == 5
+    defects = pool["by_defect"]
+    assert {"swapped", "duplicate", "foreign", "boilerplate", "filename", "none"} <= set(defects)
+    assert sorted(p.name for p in (bench / "tasks").iterdir()) == TASKS
+
+
+def test_results_json_has_every_strategy_per_task_with_spread(demo):
+    _, out, summary, _ = demo
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["tasks"] == TASKS and saved["protocol"]["seeds"] == list(SEEDS)
+    assert set(saved["results"]) == STRATEGIES
+    for name, r in saved["results"].items():
+        for stat in ("mean", "std"):
+            assert set(r[stat]) == set(TASKS) | {"average"}, name
+            assert all(0 <= v <= 1 and math.isfinite(v) for v in r[stat].values()), (name, stat)
+        assert r["mean"]["average"] == pytest.approx(np.mean([r["mean"][t] for t in TASKS]))
+    # Options were chosen on validation from the configured grids, with real (finite) accuracies.
+    cfg = tiny_config(out, None)
+    for name in STRATEGIES - {"no_filter", "random"}:
+        chosen = saved["results"][name]["chosen"]
+        grid = cfg.penalties if name.endswith("_scs") else cfg.fractions
+        assert chosen["option"][1] in grid and math.isfinite(chosen["val_average"]), name
+        tried = saved["validation"][name]
+        assert [t["option"][1] for t in tried] == list(grid)
+        assert chosen["val_average"] == max(t["val_average"] for t in tried)
+    assert set(saved["mflyt_weights"]) >= {"flyt", "clip_score", "caption_words"}
+    assert set(saved["verdict"]) >= {"mflyt_scs_beats_every_single_baseline", "flyt_beats_clip_score"}
+
+
+def test_subsets_are_datacomp_subsets_of_the_pool(demo):
+    bench, out, summary, _ = demo
+    pool_pairs = np.sort(uids_to_pairs(load_pool(bench / "pool").uids), order=["f0", "f1"])
+    n = len(pool_pairs)
+    scores = {}
+    for sub in ("baselines", "flyt", "mflyt"):
+        t = pq.read_table(out / "scores" / sub)
+        key = uids_to_pairs(t.column("uid").to_pylist())
+        scores.update({c: dict(zip(key.tolist(), t.column(c).to_numpy())) for c in t.column_names if c != "uid"})
+    for name in STRATEGIES:
+        a = np.load(out / "subsets" / f"{name}.npy")
+        assert a.dtype == UID_DTYPE and a.ndim == 1, name
+        assert np.array_equal(a, np.sort(a, order=["f0", "f1"])), f"{name}: not sorted"
+        assert np.isin(a, pool_pairs).all(), f"{name}: uids outside the pool"
+        option = summary["results"][name]["chosen"]["option"]
+        kind = option[0]
+        if kind == "scs":  # SCS draws exactly the student's samples-seen budget, with repeats
+            assert len(a) == STUDENT_SAMPLES and len(np.unique(a)) < len(a), name
+        elif kind == "topk":  # the top fraction, each once, and truly the top by its score
+            assert len(a) == len(np.unique(a)) == int(option[1] * n), name
+            column = {"flyt_topk": "flyt", "mflyt_topk": "mflyt"}.get(name, name)
+            chosen = set(a.tolist())
+            inside = [v for k, v in scores[column].items() if k in chosen]
+            outside = [v for k, v in scores[column].items() if k not in chosen]
+            assert min(inside) >= max(outside), name
+        elif kind == "all":
+            assert np.array_equal(a, pool_pairs)
+        else:
+            assert len(a) == len(np.unique(a)) == int(option[1] * n)
+
+
+def test_results_md_and_report(demo):
+    _, out, summary, _ = demo
+    md = (out / "results.md").read_text()
+    assert "| strategy | chosen on validation | " + " | ".join(TASKS) + " | average |" in md
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "+-" in line]
+    assert len(rows) == len(STRATEGIES)
+    assert {r["label"] for r in summary["results"].values()} == {row.split(" | ")[0][2:] for row in rows}
+    assert all(line.count("+-") == len(TASKS) + 1 for line in rows)
+    assert "M-FLYT + SCS" in md and "FLYT" in md and "CLIP-score" in md
+    report = (out / "report.html").read_text()
+    assert report.count("<tr>") == 1 + len(STRATEGIES)  # the results table, as an HTML table
+    assert report.count("data:image/png;base64,") >= 8 + 2 * 12  # plots + top/bottom thumbnails
+
+
+def test_second_run_reuses_the_caches(demo):
+    bench, out, summary, _ = demo
+    stamps = {p: p.stat().st_mtime_ns for p in [out / "runs" / "flyt" / "scorer.pt", out / "runs" / "mflyt" / "scorer.pt",
+                                                 out / "teacher" / "done.json"]}
+    lines = []
+    again = run_demo(tiny_config(out, bench), printer=lines.append)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    text = "\n".join(lines)
+    assert "teacher space cached" in text and "flyt: cached" in text and "mflyt: cached" in text
+    # Same caches, same seeds: the same table.
+    assert {k: v["mean"] for k, v in again["results"].items()} == {k: v["mean"] for k, v in summary["results"].items()}
