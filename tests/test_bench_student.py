@@ -130,3 +130,19 @@ def test_evaluate_selection_seeds_mean_std():
     assert good["mean"]["synthetic"] > 0.5
     bad = evaluate_selection(image, text[::-1].copy(), uids, {u: 1 for u in uids}, [task], cfg, seeds=(0,))
     assert bad["mean"]["average"] < good["mean"]["average"]
+
+
+def test_students_trained_together_equal_students_trained_alone():
+    """Stacking K students into one batched run changes nothing about each student."""
+    from flyt.bench.student import train_students
+
+    image, text, _ = _world()
+    rng = np.random.default_rng(3)
+    runs = [(rng.integers(0, len(image), size=400), seed) for seed in (0, 1, 2)]
+    cfg = StudentConfig(dim=8, samples_seen=3_000, batch_size=128, lr=5e-3)
+    together = train_students(image, text, runs, cfg)
+    for (idx, seed), joint in zip(runs, together):
+        alone = train_student(image, text, idx, cfg, seed=seed)
+        for a, b in zip(alone.parameters(), joint.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(together[0].image_proj.weight, together[1].image_proj.weight)

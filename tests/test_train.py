@@ -109,3 +109,31 @@ def test_killed_run_resumes_to_the_same_scorer(planted, tmp_path):
         assert torch.equal(value, resumed["state_dict"][key]), key
     rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
+
+
+def test_non_finite_step_is_skipped(planted, tmp_path, monkeypatch):
+    """A step whose meta-gradient is not finite changes neither the scorer nor the reference."""
+    import flyt.train.loop as loop
+
+    real = loop.meta_gradient
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        meta = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            meta.grad_log_weights = meta.grad_log_weights * float("nan")
+        return meta
+
+    monkeypatch.setattr(loop, "meta_gradient", poisoned)
+    args = base_args(planted, tmp_path / "run", 4) + ["--set", "checkpoint_every=1", "--set", "keep_checkpoint_every=1"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in rows] == [False, False, True, False]
+    before = torch.load(tmp_path / "run" / "checkpoints" / "step_0000002.pt", weights_only=False)
+    after = torch.load(tmp_path / "run" / "checkpoints" / "step_0000003.pt", weights_only=False)
+    for key, value in before["scorer"].items():
+        assert torch.equal(value, after["scorer"][key]), key
+    for key, value in before["reference"].items():
+        assert torch.equal(value, after["reference"][key]), key
+    assert after["reference_state"]["step"] == before["reference_state"]["step"]

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flyt.bench.student import Student, StudentConfig, multiset_indices, train_student
+from flyt.bench.student import Student, StudentConfig, multiset_indices, train_students
 from flyt.errors import FlytError
 from flyt.io.tasks import Task
 
@@ -58,7 +58,8 @@ def evaluate_selection(
     (std is the population standard deviation over seeds).
     """
     indices = multiset_indices(pool_uids, selection)
-    runs = [evaluate(train_student(image, text, indices, config, seed), tasks, split) for seed in seeds]
+    students = train_students(image, text, [(indices, seed) for seed in seeds], config)
+    runs = [evaluate(student, tasks, split) for student in students]
     keys = list(runs[0])
     return {
         "per_seed": runs,

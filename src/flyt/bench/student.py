@@ -121,13 +121,29 @@ def batches(indices: np.ndarray, config: StudentConfig, seed: int):
 
 def train_student(image: np.ndarray, text: np.ndarray, indices: np.ndarray, config: StudentConfig = StudentConfig(), seed: int = 0) -> Student:
     """Train a student on rows ``indices`` (a multiset) of the pool's (image, text) embeddings."""
-    torch.manual_seed(seed)
+    return train_students(image, text, [(indices, seed)], config)[0]
+
+
+def train_students(image: np.ndarray, text: np.ndarray, runs: list, config: StudentConfig = StudentConfig()) -> list[Student]:
+    """Train one student per ``(indices, seed)`` in ``runs``, all in lockstep.
+
+    The students are independent (own data order, own initialisation, own AdamW moments: AdamW is
+    elementwise, so one optimizer over the stacked weights is K separate ones); stacking them turns
+    K small matrix products per step into one batched product, which is what makes a grid of
+    students cheap on a CPU.
+    """
     image_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     text_t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32))
-    model = Student(image_t.shape[1], text_t.shape[1], config)
-    decay = [model.image_proj.weight, model.text_proj.weight]
+    models = []
+    for _, seed in runs:
+        torch.manual_seed(seed)
+        models.append(Student(image_t.shape[1], text_t.shape[1], config))
+    # (K, d_in, dim) stacks of the students' projection weights, and (K,) logit scales
+    w_img = torch.nn.Parameter(torch.stack([m.image_proj.weight.detach().T for m in models]))
+    w_txt = torch.nn.Parameter(torch.stack([m.text_proj.weight.detach().T for m in models]))
+    scale = torch.nn.Parameter(torch.stack([m.logit_scale.detach() for m in models]))
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": [model.logit_scale], "weight_decay": 0.0}],
+        [{"params": [w_img, w_txt], "weight_decay": config.weight_decay}, {"params": [scale], "weight_decay": 0.0}],
         lr=config.lr, betas=(0.9, 0.98), eps=1e-6, foreach=True,
     )
     steps = math.ceil(config.samples_seen / config.batch_size)
@@ -138,14 +154,30 @@ def train_student(image: np.ndarray, text: np.ndarray, indices: np.ndarray, conf
         t = (step - config.warmup_steps) / max(1, steps - config.warmup_steps)
         return 0.5 * config.lr * (1 + math.cos(math.pi * t))
 
-    for step, idx in enumerate(batches(np.asarray(indices, dtype=np.int64), config, seed)):
+    streams = [batches(np.asarray(idx, dtype=np.int64), config, seed) for idx, seed in runs]
+    labels = None
+    for step, rows in enumerate(zip(*streams)):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        rows = torch.from_numpy(idx)
-        loss = clip_loss(model.encode_image(image_t[rows]), model.encode_text(text_t[rows]), model.logit_scale)
+        rows = torch.from_numpy(np.stack(rows))  # (K, B): every stream yields the same batch sizes
+        img = F.normalize(torch.bmm(image_t[rows], w_img), dim=-1)
+        txt = F.normalize(torch.bmm(text_t[rows], w_txt), dim=-1)
+        logits = scale.exp()[:, None, None] * torch.bmm(img, txt.transpose(1, 2))  # (K, B, B)
+        if labels is None or labels.shape != rows.shape:
+            labels = torch.arange(rows.shape[1]).expand(rows.shape[0], -1)
+        # Sum over students of each one's symmetric CLIP loss: their gradients do not mix.
+        loss = (
+            F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
+            + F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), labels.flatten(), reduction="sum")
+        ) / (2 * rows.shape[1])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
-            model.logit_scale.clamp_(0.0, config.max_logit_scale)
-    return model.eval()
+            scale.clamp_(0.0, config.max_logit_scale)
+    with torch.no_grad():
+        for k, m in enumerate(models):
+            m.image_proj.weight.copy_(w_img[k].T)
+            m.text_proj.weight.copy_(w_txt[k].T)
+            m.logit_scale.copy_(scale[k])
+    return [m.eval() for m in models]

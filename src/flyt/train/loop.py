@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from flyt.models.mixing import ScoreMixer
 from flyt.models.reference import LOGIT_SCALE_MAX, EmbeddingReference
 from flyt.models.scoring_head import SwiGLUScorer
 from flyt.train import config as config_mod
+from flyt.train import distributed
 from flyt.train.objective import AdamWConfig, TaskBatch, adamw_init, adamw_step, meta_gradient, sgd_step
 
 
@@ -45,16 +47,34 @@ def build_scorer(cfg: dict, pool, image_dim: int, text_dim: int) -> torch.nn.Mod
     return ScoreMixer.fit_statistics(cfg["score_columns"], pool.scores)
 
 
-def sample_task_batch(task, rng: np.random.Generator, size: int, dtype) -> TaskBatch:
+def sample_task_batch(task, rng: np.random.Generator, size: int, dtype, comm=None) -> TaskBatch:
+    comm = comm or distributed.Comm()
     n = len(task.train.labels)
     idx = rng.choice(n, size=min(size, n), replace=False)
     templates = rng.integers(0, len(task.templates), size=task.num_classes)  # one per class
     prompts = task.prompts[templates, np.arange(task.num_classes)]
+    mine = comm.chunk(idx)  # data-parallel: this rank's part of the global batch
     return TaskBatch(
-        images=torch.as_tensor(task.train.images[idx], dtype=dtype),
-        labels=torch.as_tensor(task.train.labels[idx]),
+        images=torch.as_tensor(task.train.images[mine], dtype=dtype),
+        labels=torch.as_tensor(task.train.labels[mine]),
         class_prompts=torch.as_tensor(prompts, dtype=dtype),
+        size=len(idx) if comm.world > 1 else None,
     )
+
+
+def build_reference(cfg: dict, image_dim: int, text_dim: int, device):
+    """The reference model theta and its initial params (embedding heads or a whole open_clip CLIP)."""
+    r = cfg["reference"]
+    dtype = getattr(torch, cfg["dtype"])
+    if r["kind"] == "openclip":
+        from flyt.models.openclip_reference import OpenCLIPReference
+
+        bf16 = r["precision"] == "bf16" or (r["precision"] == "auto" and device.type == "cuda")
+        torch.manual_seed(cfg["seed"])  # random init is the same on every rank
+        reference = OpenCLIPReference(r["model"], r["weights"], device=device, bf16=bf16)
+        return reference, reference.init_params(dtype=dtype)
+    reference = EmbeddingReference(image_dim, text_dim, r["embed_dim"], r["init"], r["logit_scale"])
+    return reference, reference.init_params(torch.Generator().manual_seed(cfg["seed"]), dtype=dtype)
 
 
 class Checkpoints:
@@ -88,21 +108,30 @@ def train(cfg: dict, resume: bool = False, progress: bool | None = None) -> Path
         raise FlytError(f"--resume: no checkpoint in {checkpoints.dir}")
     dtype = getattr(torch, cfg["dtype"])
     torch.manual_seed(cfg["seed"])
+    r = cfg["reference"]
+    raw = r["kind"] == "openclip"  # the reference reads raw images and captions
+    device = distributed.local_device(r["device"]) if raw else torch.device("cpu")
+    comm = distributed.setup(device.type)
+    comm.barrier()  # every rank has checked the run directory before rank 0 writes into it
 
     # Data: the whole pool's embeddings (and M-FLYT inputs) in memory, tasks with their prompts.
     pool = load_pool(cfg["pool"], embeddings=True, score_columns=cfg["score_columns"], score_dirs=cfg["scores"])
     image_dim, text_dim = pool.image.shape[1], pool.text.shape[1]
-    tasks = [load_task(t, image_dim=image_dim, text_dim=text_dim) for t in cfg["tasks"]]
+    if raw:
+        from flyt.train import raw_inputs
+
+        pairs = raw_inputs.open_pool(r["pool_shards"], pool.uids)
+        tasks = raw_inputs.load_raw_tasks(cfg["tasks"])
+    else:
+        tasks = [load_task(t, image_dim=image_dim, text_dim=text_dim) for t in cfg["tasks"]]
 
     # Models: scorer phi, reference theta (+ its optimizer state), downstream logit scale psi.
-    scorer = build_scorer(cfg, pool, image_dim, text_dim).to(dtype)
-    r = cfg["reference"]
-    reference = EmbeddingReference(image_dim, text_dim, r["embed_dim"], r["init"], r["logit_scale"])
-    params = reference.init_params(torch.Generator().manual_seed(cfg["seed"]), dtype=dtype)
+    scorer = build_scorer(cfg, pool, image_dim, text_dim).to(device, dtype)
+    reference, params = build_reference(cfg, image_dim, text_dim, device)
     ref_opt = AdamWConfig(cfg["reference_lr"], r["beta1"], r["beta2"], r["eps"], r["weight_decay"])
     step_fn = adamw_step if r["optimizer"] == "adamw" else sgd_step
     ref_state = adamw_init(params)
-    psi = torch.nn.Parameter(torch.tensor(cfg["downstream_logit_scale"], dtype=dtype))
+    psi = torch.nn.Parameter(torch.tensor(cfg["downstream_logit_scale"], dtype=dtype, device=device))
     scorer_opt = torch.optim.AdamW(
         scorer.parameters(), lr=cfg["scorer_lr"], weight_decay=cfg["scorer"]["weight_decay"]
     )
@@ -111,7 +140,7 @@ def train(cfg: dict, resume: bool = False, progress: bool | None = None) -> Path
 
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
-        ckpt = torch.load(checkpoints.latest, map_location="cpu", weights_only=False)
+        ckpt = torch.load(checkpoints.latest, map_location=device, weights_only=False)
         scorer.load_state_dict(ckpt["scorer"])
         scorer_opt.load_state_dict(ckpt["scorer_opt"])
         params, ref_state = ckpt["reference"], ckpt["reference_state"]
@@ -119,11 +148,13 @@ def train(cfg: dict, resume: bool = False, progress: bool | None = None) -> Path
             psi.copy_(ckpt["psi"])
         psi_opt.load_state_dict(ckpt["psi_opt"])
         start = ckpt["step"]
-        _truncate_metrics(metrics_path, start)
-    else:
+        if comm.rank == 0:
+            _truncate_metrics(metrics_path, start)
+    elif comm.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(config_mod.dump(cfg), run_dir / "config.yaml")
         write_text("", metrics_path)
+    comm.barrier()
 
     def state_now(step_done: int) -> dict:
         return {
@@ -139,26 +170,38 @@ def train(cfg: dict, resume: bool = False, progress: bool | None = None) -> Path
 
     n = len(pool)
     batch = min(cfg["upstream_batch"], n)
-    show = sys.stderr.isatty() if progress is None else progress
+    if batch < comm.world:
+        raise FlytError(f"upstream_batch {batch} is smaller than the {comm.world} data-parallel processes")
+    show = (sys.stderr.isatty() if progress is None else progress) and comm.rank == 0
     bar = tqdm(range(start, cfg["steps"]), initial=start, total=cfg["steps"], disable=not show, desc=cfg["mode"])
-    with open(metrics_path, "a") as metrics:
+    # only rank 0 writes metrics and checkpoints; the others hold an unused handle
+    with open(metrics_path if comm.rank == 0 else os.devnull, "a") as metrics:
         for step in bar:
             t0 = time.perf_counter()
             rng = np.random.default_rng([cfg["seed"], step])
             idx = np.sort(rng.choice(n, size=batch, replace=False))
-            up_image = torch.as_tensor(pool.image[idx], dtype=dtype)
-            up_text = torch.as_tensor(pool.text[idx], dtype=dtype)
-            task_batches = [sample_task_batch(t, rng, cfg["downstream_batch"], dtype) for t in tasks]
-
-            # w = softmax(q_phi(x_B)) over the whole batch
-            if cfg["mode"] == "flyt":
-                scores = scorer(up_image, up_text)
+            mine = comm.chunk(idx)  # data-parallel: this rank's contiguous chunk of the global batch
+            # the scorer's input: the pool's frozen embeddings
+            emb_image = torch.as_tensor(pool.image[mine], dtype=dtype, device=device)
+            emb_text = torch.as_tensor(pool.text[mine], dtype=dtype, device=device)
+            if raw:  # the reference's input: the same examples' raw pixels and tokens, by uid
+                up_image, up_text = raw_inputs.upstream_inputs(reference, pairs, pool.uids[mine], device)
+                task_batches = [raw_inputs.task_batch(reference, t, rng, cfg["downstream_batch"], comm, device)
+                                for t in tasks]
             else:
-                scores = scorer(torch.as_tensor(pool.scores[idx]))
-            log_w = torch.log_softmax(scores, dim=0)
+                up_image, up_text = emb_image, emb_text
+                task_batches = [sample_task_batch(t, rng, cfg["downstream_batch"], dtype, comm) for t in tasks]
+
+            # w = softmax(q_phi(x_B)) over the whole global batch (scores gathered before the softmax)
+            if cfg["mode"] == "flyt":
+                scores = scorer(emb_image, emb_text)
+            else:
+                scores = scorer(torch.as_tensor(pool.scores[mine], device=device))
+            log_w = torch.log_softmax(comm.gather_with_grad(scores, batch), dim=0)
 
             meta = meta_gradient(
-                reference, params, ref_state, psi, up_image, up_text, log_w, task_batches, ref_opt, step_fn
+                reference, params, ref_state, psi, up_image, up_text, log_w, task_batches, ref_opt, step_fn,
+                comm=comm, chunk=r["chunk_size"] if raw else None,
             )
 
             # Scorer step: d/dphi < log_softmax(q_phi(x_B)), sg(dL_down/dlog w) > is the meta-gradient.
@@ -167,6 +210,7 @@ def train(cfg: dict, resume: bool = False, progress: bool | None = None) -> Path
                 group["lr"] = lr
             scorer_opt.zero_grad(set_to_none=True)
             (log_w * meta.grad_log_weights).sum().backward()
+            comm.sum_grads(scorer)  # each rank back-propagated through its own chunk of the scores
             finite = bool(torch.isfinite(meta.grad_log_weights).all()) and all(
                 torch.isfinite(p.grad).all() for p in scorer.parameters() if p.grad is not None
             ) and all(torch.isfinite(p).all() for p in meta.new_params.values())
@@ -193,13 +237,17 @@ def train(cfg: dict, resume: bool = False, progress: bool | None = None) -> Path
             }
             if cfg["mode"] == "mflyt":
                 row["weights"] = scorer.weights()
-            metrics.write(json.dumps(row) + "\n")
-            metrics.flush()
+            if comm.rank == 0:
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                checkpoints.maybe_save(step + 1, cfg["steps"], lambda: state_now(step + 1))
             bar.set_postfix(down=f"{meta.downstream_loss:.4f}", up=f"{meta.upstream_loss:.3f}")
-            checkpoints.maybe_save(step + 1, cfg["steps"], lambda: state_now(step + 1))
 
     out = run_dir / "scorer.pt"
-    save_scorer(out, cfg["mode"], cfg["name"], scorer.float(), train_config=cfg)
+    if comm.rank == 0:
+        save_scorer(out, cfg["mode"], cfg["name"], scorer.float().cpu(), train_config=cfg)
+    comm.barrier()
+    comm.close()
     return out
 
 

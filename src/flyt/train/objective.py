@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import jvp
 
+from flyt.train.distributed import Comm
+
 
 # --------------------------------------------------------------------------------------------
 # Losses
@@ -65,9 +67,10 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
 class TaskBatch:
     """One downstream task's batch: images, labels, and one prompt embedding per class."""
 
-    images: torch.Tensor  # (n, d_img) frozen image embeddings
+    images: torch.Tensor  # (n, d_img) frozen image embeddings (or the reference's raw image inputs)
     labels: torch.Tensor  # (n,) int64
     class_prompts: torch.Tensor  # (C, d_txt) frozen text embedding of one random template per class
+    size: int | None = None  # data-parallel: the task's global batch size (this is one rank's chunk)
 
 
 def downstream_loss(reference, params: dict, psi: torch.Tensor, tasks: list[TaskBatch]):
@@ -80,7 +83,10 @@ def downstream_loss(reference, params: dict, psi: torch.Tensor, tasks: list[Task
         image = reference.encode_image(params, task.images)
         classes = reference.encode_text(params, task.class_prompts)
         logits = (psi.exp() * image) @ classes.T
-        per_task.append(F.cross_entropy(logits, task.labels))
+        if task.size is None:
+            per_task.append(F.cross_entropy(logits, task.labels))
+        else:  # this rank's share of the global mean; summed over ranks it is the mean
+            per_task.append(F.cross_entropy(logits, task.labels, reduction="sum") / task.size)
     per_task = torch.stack(per_task)
     return per_task.mean(), per_task
 
@@ -166,21 +172,43 @@ def meta_gradient(
     tasks: list[TaskBatch],
     opt: AdamWConfig,
     step_fn=adamw_step,
+    comm=None,
+    chunk: int | None = None,
 ) -> MetaStep:
-    """The exact meta-gradient in SPEC.md's efficient form (no Hessian through the towers)."""
+    """The exact meta-gradient in SPEC.md's efficient form (no Hessian through the towers).
+
+    Data-parallel (``comm`` from flyt.train.distributed): up_image/up_text and the task batches are
+    this rank's chunks, log_weights is the whole global batch's; the result is the global one.
+    ``chunk``: run the towers on the upstream batch ``chunk`` rows at a time (the backward pass for g
+    recomputes each chunk's forward), so their activation memory is that of ``chunk`` rows.
+    """
+    comm = comm or Comm()
+    n = len(log_weights)
     theta = {k: p.detach().requires_grad_(True) for k, p in params.items()}
 
     # e = (I, T, t) from the towers; dL_up/de through the loss head, keeping its graph: it is needed
     # once more for the second derivative below, so S = exp(t) I T^T is computed only once.
-    features = _upstream_features(reference, theta, up_image, up_text)
-    e = [f.detach().requires_grad_(True) for f in features]
+    if chunk is None:
+        features = _upstream_features(reference, theta, up_image, up_text)
+    else:  # no graph here: each chunk's forward is redone for its backward pass below
+        with torch.no_grad():
+            parts = [_upstream_features(reference, theta, up_image[s], up_text[s]) for s in _slices(len(up_image), chunk)]
+        features = [torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), theta["logit_scale"]]
+    e = [comm.gather(features[0].detach(), n), comm.gather(features[1].detach(), n), features[2].detach()]
+    e = [x.requires_grad_(True) for x in e]
     log_w = log_weights.detach().clone().requires_grad_(True)
     loss_up = weighted_clip_loss(*e, log_w)
     grad_e = torch.autograd.grad(loss_up, e, create_graph=True)
 
-    # g = grad_theta L_up = J_e^T dL_up/de: an ordinary backward pass through the towers.
-    g = torch.autograd.grad(features, list(theta.values()), grad_outputs=[x.detach() for x in grad_e])
-    g = dict(zip(theta, g))
+    # g = grad_theta L_up = J_e^T dL_up/de: an ordinary backward pass through the towers (each rank
+    # its own rows; the shared logit scale's share split evenly), summed over ranks.
+    share = [comm.chunk(grad_e[0]), comm.chunk(grad_e[1]), grad_e[2] / comm.world]
+    share = [x.detach() for x in share]
+    if chunk is None:
+        g = torch.autograd.grad(features, list(theta.values()), grad_outputs=share)
+    else:
+        g = _tower_backward_chunked(reference, theta, up_image, up_text, share, chunk)
+    g = dict(zip(theta, comm.sum(list(g))))
 
     # v = dL_down/dg through theta' = AdamW_step(theta, g) (theta and the state are constants here).
     g_leaf = {k: x.detach().requires_grad_(True) for k, x in g.items()}
@@ -193,10 +221,16 @@ def meta_gradient(
     *v, grad_psi = torch.autograd.grad(
         loss_down, [*g_leaf.values(), psi_leaf], allow_unused=True, materialize_grads=True
     )
+    *v, grad_psi, loss_down, per_task = comm.sum([*v, grad_psi, loss_down.detach(), per_task.detach()])
     v = dict(zip(g_leaf, v))
 
     # u = J_e v: how the batch's features move along v (one forward-mode pass through the towers).
-    _, u = jvp(lambda p: _upstream_features(reference, p, up_image, up_text), (theta_primal,), (v,))
+    u_parts = [
+        jvp(lambda p: _upstream_features(reference, p, up_image[s], up_text[s]), (theta_primal,), (v,))[1]
+        for s in _slices(len(up_image), chunk)
+    ]
+    u = [torch.cat([x[0] for x in u_parts]), torch.cat([x[1] for x in u_parts]), u_parts[0][2]]
+    u = [comm.gather(u[0], n), comm.gather(u[1], n), u[2]]
 
     # dL_down/dlog w = d/dlog w < dL_up/de(e; w), u >: second derivative through the loss head only.
     directional = sum((ge * ue).sum() for ge, ue in zip(grad_e, u))
@@ -211,6 +245,26 @@ def meta_gradient(
         new_state=_detach_state(new_state),
         grad_psi=grad_psi.detach(),
     )
+
+
+def _slices(n: int, chunk: int | None) -> list[slice]:
+    if chunk is None or n == 0:
+        return [slice(0, n)]
+    return [slice(i, min(n, i + chunk)) for i in range(0, n, chunk)]
+
+
+def _tower_backward_chunked(reference, theta, up_image, up_text, share, chunk):
+    """J_e^T share, chunk by chunk (forward recomputed per chunk); gradients accumulated."""
+    names = list(theta)
+    total = [torch.zeros_like(p) for p in theta.values()]
+    for s in _slices(len(up_image), chunk):
+        image, text = reference.encode_image(theta, up_image[s]), reference.encode_text(theta, up_text[s])
+        grads = torch.autograd.grad((image, text), list(theta.values()), grad_outputs=(share[0][s], share[1][s]),
+                                    allow_unused=True, materialize_grads=True)
+        for acc, gr in zip(total, grads):
+            acc += gr
+    total[names.index("logit_scale")] += share[2]  # e's third part is the logit scale itself
+    return total
 
 
 def meta_gradient_double_backward(

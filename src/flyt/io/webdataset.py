@@ -1,0 +1,258 @@
+"""WebDataset shards (plain ``.tar`` files), read with the standard library.
+
+A sample is the group of tar members sharing one key (the name up to its first dot):
+``KEY.jpg|png|webp`` (the image), ``KEY.txt`` (caption), ``KEY.cls`` (integer label), ``KEY.json``
+(DataComp puts the ``uid`` there). Pools follow DataComp's layout; task directories follow
+clip_benchmark's: ``classnames.txt``, ``zeroshot_classification_templates.txt`` and ``train/*.tar``
+(optionally ``test/*.tar``).
+
+Shard patterns are globs or WebDataset brace ranges (``shards/{00000..00127}.tar``).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from flyt.errors import FlytError
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+_BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    """``a/{000..002}.tar`` -> [a/000.tar, a/001.tar, a/002.tar]; globs and directories too."""
+    m = _BRACE.search(pattern)
+    if m:
+        lo, hi = m.group(1), m.group(2)
+        out = []
+        for i in range(int(lo), int(hi) + 1):
+            out += expand_pattern(pattern[: m.start()] + str(i).zfill(len(lo)) + pattern[m.end() :])
+        return out
+    p = Path(pattern)
+    if p.is_dir():
+        return sorted(str(x) for x in p.glob("*.tar"))
+    if any(ch in pattern for ch in "*?["):
+        return sorted(glob.glob(pattern))
+    return [pattern]
+
+
+def list_tars(patterns, what: str = "webdataset") -> list[str]:
+    """All shard paths of one or several patterns, each checked to exist."""
+    if isinstance(patterns, (str, Path)):
+        patterns = [str(patterns)]
+    paths = []
+    for pat in patterns:
+        found = expand_pattern(str(pat))
+        if not found:
+            raise FlytError(f"{what} pattern {pat}: matches no .tar shards")
+        for f in found:
+            if not Path(f).is_file():
+                raise FlytError(f"{what} shard {f} does not exist")
+        paths += found
+    if not paths:
+        raise FlytError(f"{what}: no shards given")
+    return paths
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    base = name.rsplit("/", 1)[-1]
+    directory = name[: len(name) - len(base)]
+    if "." not in base:
+        return name, ""
+    stem, ext = base.split(".", 1)
+    return directory + stem, ext.lower()
+
+
+@dataclass
+class Member:
+    """Where one member's bytes are inside its tar (for random access by seek)."""
+
+    path: str
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+
+def iter_samples(path: str) -> Iterator[dict[str, Member]]:
+    """Samples of one shard as {extension: Member}, plus '__key__' (a str), in file order."""
+    try:
+        tar = tarfile.open(path, "r:")  # uncompressed only: members must be seekable
+    except (tarfile.TarError, OSError) as exc:
+        raise FlytError(f"{path}: unreadable webdataset shard ({type(exc).__name__}: {exc})") from None
+    current: dict = {}
+    with tar:
+        try:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, ext = _split_key(info.name)
+                if current and current["__key__"] != key:
+                    yield current
+                    current = {}
+                current.setdefault("__key__", key)
+                current[ext] = Member(path, info.offset_data, info.size)
+        except tarfile.TarError as exc:
+            raise FlytError(f"{path}: unreadable webdataset shard ({type(exc).__name__}: {exc})") from None
+    if current:
+        yield current
+
+
+def image_member(sample: dict, where: str) -> Member:
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            return sample[ext]
+    raise FlytError(f"{where}: sample {sample['__key__']!r} has no image (.jpg/.png/.webp)")
+
+
+def read_text(sample: dict, ext: str, where: str) -> str:
+    if ext not in sample:
+        raise FlytError(f"{where}: sample {sample['__key__']!r} has no .{ext}")
+    return sample[ext].read().decode("utf-8", errors="replace").strip()
+
+
+def content_uid(image: bytes, text: str) -> str:
+    """The uid ``flyt embed`` derives for a pair without one (sha1 of image sha1 and caption)."""
+    h = hashlib.sha1()
+    for p in (hashlib.sha1(image).digest(), text.encode("utf-8")):
+        h.update(p)
+        h.update(b"\x00")
+    return h.hexdigest()[:32]
+
+
+def sample_uid(sample: dict, image: Member, text: str) -> str:
+    """DataComp's uid from ``.json`` when present, else the content uid."""
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"].read())
+        except ValueError:
+            meta = {}
+        if isinstance(meta, dict) and meta.get("uid"):
+            return str(meta["uid"])
+    return content_uid(image.read(), text)
+
+
+@dataclass
+class PairRef:
+    image: Member
+    text: str
+
+
+class PairIndex:
+    """uid -> where the image bytes are, plus the caption; built by one pass over the shards.
+
+    Holds no image bytes: images are read by seek when a batch needs them.
+    """
+
+    def __init__(self, patterns):
+        self.items: dict[str, PairRef] = {}
+        for path in list_tars(patterns, "pool webdataset"):
+            for sample in iter_samples(path):
+                img = image_member(sample, path)
+                text = read_text(sample, "txt", path)
+                uid = sample_uid(sample, img, text)
+                if uid in self.items:
+                    raise FlytError(f"{path}: duplicate uid {uid} (sample {sample['__key__']!r})")
+                self.items[uid] = PairRef(img, text)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, uids) -> tuple[list[bytes], list[str]]:
+        images, texts = [], []
+        for u in uids:
+            ref = self.items.get(str(u))
+            if ref is None:
+                raise FlytError(f"pool webdataset: no sample with uid {u} (the pool shards and the webdataset differ)")
+            images.append(ref.image.read())
+            texts.append(ref.text)
+        return images, texts
+
+
+def read_pairs(patterns) -> tuple[list[str], list[str], list[bytes]]:
+    """All (uid, caption, image bytes) of a pool webdataset, in shard order (for ``flyt embed``)."""
+    uids, texts, images = [], [], []
+    for path in list_tars(patterns, "pool webdataset"):
+        for sample in iter_samples(path):
+            img = image_member(sample, path)
+            text = read_text(sample, "txt", path)
+            uids.append(sample_uid(sample, img, text))
+            texts.append(text)
+            images.append(img.read())
+    if not uids:
+        raise FlytError(f"pool webdataset {patterns}: no samples (empty pool)")
+    return uids, texts, images
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FlytError(f"{path}: missing file")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise FlytError(f"{path}: file is empty")
+    return lines
+
+
+def is_task_webdataset(directory) -> bool:
+    root = Path(directory)
+    return (root / "train").is_dir() and any((root / "train").glob("*.tar"))
+
+
+def read_task(directory, splits=("train", "test")) -> tuple[list[str], list[str], dict]:
+    """A clip_benchmark webdataset task -> (classnames, templates, {split: (image bytes, labels)})."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FlytError(f"task directory {root} does not exist")
+    classnames = _lines(root / "classnames.txt")
+    templates = _lines(root / "zeroshot_classification_templates.txt")
+    for i, t in enumerate(templates):
+        if "{c}" not in t:
+            raise FlytError(f"{root / 'zeroshot_classification_templates.txt'}: line {i + 1}: template {t!r} has no '{{c}}'")
+    out = {}
+    for split in splits:
+        if not (root / split).is_dir():
+            continue
+        images, labels = [], []
+        for path in list_tars(str(root / split), f"task {split}"):
+            for sample in iter_samples(path):
+                raw = read_text(sample, "cls", path)
+                try:
+                    label = int(raw)
+                except ValueError:
+                    raise FlytError(f"{path}: sample {sample['__key__']!r}: .cls {raw!r} is not an integer") from None
+                if not 0 <= label < len(classnames):
+                    raise FlytError(f"{path}: sample {sample['__key__']!r}: label {label} out of range for {len(classnames)} classes")
+                images.append(image_member(sample, path).read())
+                labels.append(label)
+        if images:
+            out[split] = (images, labels)
+    if "train" not in out:
+        raise FlytError(f"{root / 'train'}: no webdataset shards with samples (need train/*.tar)")
+    return classnames, templates, out
+
+
+def write_shard(path, samples: list[dict]) -> None:
+    """Write one uncompressed shard from dicts {'__key__': k, ext: bytes|str} (tests, tools)."""
+    import io
+
+    from flyt.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w") as tar:
+        for s in samples:
+            for ext, value in s.items():
+                if ext == "__key__":
+                    continue
+                data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+                info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
