@@ -8,7 +8,7 @@ and achieved FLOP/s as a fraction of this machine's measured float32 matmul FLOP
 one FLYT step to one plain weighted-CLIP step of the same reference model plus one forward and
 backward of the scorer on the same batch.
 
-    python benchmarks/train_step.py [--upstream 4096 --downstream 3072 --classes 1000 --dim 768 --repeats 3]
+    python benchmarks/train_step.py [--upstream 4096 --downstream 3072 --classes 1000 --dim 768 --repeats 7]
 """
 
 from __future__ import annotations
@@ -25,17 +25,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from flyt.models.reference import EmbeddingReference
 from flyt.models.scoring_head import SwiGLUScorer
 from flyt.train.objective import AdamWConfig, TaskBatch, adamw_init, adamw_step, meta_gradient, weighted_clip_loss
-
-
-def matmul_flops_per_second(n: int = 4096, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 def make_problem(args):
@@ -57,7 +46,7 @@ def main():
     p.add_argument("--downstream", type=int, default=3072)
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--dim", type=int, default=768)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args()
     torch.manual_seed(0)
 
@@ -92,16 +81,14 @@ def main():
         log_w.sum().backward()
         scorer_opt.step()
 
-    def timed(fn):
-        fn()  # warm-up
-        best = float("inf")
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t)
-        return best
+    def timed_once(fn):
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
 
-    peak_flops = matmul_flops_per_second()
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    matmul = lambda: torch.mm(a, b)  # noqa: E731
+
     with FlopCounterMode(display=False) as counter:
         flyt_step()
     flyt_flops = counter.get_total_flops()
@@ -109,11 +96,16 @@ def main():
         plain_step()
     plain_flops = counter.get_total_flops()
 
-    flyt_s = timed(flyt_step)
-    plain_s = timed(plain_step)
+    # Interleaved rounds, best of each: this VM's speed drifts by tens of percent from minute to
+    # minute, and interleaving exposes the three measurements to the same drift.
+    best = {"matmul": float("inf"), "flyt": float("inf"), "plain": float("inf")}
+    for _ in range(args.repeats):
+        best["matmul"] = min(best["matmul"], timed_once(matmul))
+        best["flyt"] = min(best["flyt"], timed_once(flyt_step))
+        best["plain"] = min(best["plain"], timed_once(plain_step))
+    peak_flops = 2 * 4096**3 / best["matmul"]
+    flyt_s, plain_s = best["flyt"], best["plain"]
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    peak_matmul = matmul_flops_per_second()  # again after: the machine's state may have changed
-    peak_flops = max(peak_flops, peak_matmul)
     result = {
         "sizes": vars(args),
         "threads": torch.get_num_threads(),

@@ -210,3 +210,26 @@ def test_score_mixer_standardises_with_pool_statistics():
         z = mixer(torch.as_tensor(scores)).numpy()
     assert abs(z.mean()) < 1e-5 and abs(z.std() - 1) < 1e-4
     assert mixer.weights() == {"a": 1.0, "b": 0.0}
+
+
+def test_weighted_clip_head_closed_forms_match_autograd():
+    from flyt.train.objective import WeightedClipHead
+
+    I, T, t = features(n=9, d=5, seed=4)
+    log_w = torch.log_softmax(torch.randn(9, dtype=D), 0)
+    log_w[3] = -math.inf  # a zero weight too
+    g = torch.Generator().manual_seed(7)
+    u = (torch.randn(9, 5, generator=g, dtype=D), torch.randn(9, 5, generator=g, dtype=D), torch.tensor(0.3, dtype=D))
+
+    e = [I.clone().requires_grad_(True), T.clone().requires_grad_(True), t.clone().requires_grad_(True)]
+    lw = log_w.clone().requires_grad_(True)
+    loss = weighted_clip_loss(*e, lw)
+    grad_e = torch.autograd.grad(loss, e, create_graph=True)
+    (grad_lw,) = torch.autograd.grad(sum((ge * ue).sum() for ge, ue in zip(grad_e, u)), lw)
+
+    head = WeightedClipHead(I, T, t, log_w)
+    torch.testing.assert_close(head.loss, loss.detach())
+    for closed, auto in zip(head.feature_gradients(), grad_e):
+        torch.testing.assert_close(closed, auto.detach())
+    torch.testing.assert_close(head.weight_gradient(u), grad_lw)
+    assert head.weight_gradient(u)[3] == 0 and grad_lw.abs().max() > 1e-3

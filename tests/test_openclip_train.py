@@ -1,5 +1,6 @@
 """Raw-image FLYT with an open_clip reference: data-parallel equality, resume, and the whole CLI path."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -13,9 +14,10 @@ import yaml
 
 pytest.importorskip("open_clip")
 
-from _openclip_helpers import make_pool_wds, make_task_wds  # noqa: E402
+from _openclip_helpers import make_pool_wds, make_task_wds, png  # noqa: E402
 
 from flyt.cli.main import main  # noqa: E402
+from flyt.encoders.embed import content_uid  # noqa: E402
 from flyt.errors import FlytError  # noqa: E402
 from flyt.train.config import load_config, validate  # noqa: E402
 from flyt.train.loop import build_scorer, train  # noqa: E402
@@ -64,7 +66,10 @@ def test_embed_webdataset_pool_and_task(data):
     import pyarrow.parquet as pq
 
     pool = pq.read_table(data / "pool" / "part-00000.parquet")
-    assert pool.num_rows == 10 and {"uid", "text", "image_embedding", "text_embedding"} <= set(pool.column_names)
+    # one output shard per input tar (12 + 12 pairs), uids equal to embed_pairs' content uids
+    assert pool.num_rows == 12 and {"uid", "text", "image_embedding", "text_embedding"} <= set(pool.column_names)
+    first = pq.read_table(data / "pool" / "part-00001.parquet").column("uid")[0].as_py()
+    assert first == content_uid(hashlib.sha1(png("red", 12)).digest(), "a red square")
     assert len(pool.column("image_embedding")[0]) == 32
     assert (data / "task" / "prompts.parquet").is_file() and (data / "task" / "test.parquet").is_file()
     assert pq.read_table(data / "task" / "prompts.parquet").num_rows == 8  # 2 templates x 4 classes
@@ -158,4 +163,10 @@ def test_bad_inputs_are_one_line_errors(data, tmp_path, capsys):
     assert main(["embed", "pool", "--input", str(data / "wds"), "--out", str(tmp_path / "o"),
                  "--encoder", "openclip:no-such-model"]) == 2
     assert "unknown" in capsys.readouterr().err
+    # the same DataComp uid in two shards
+    make_pool_wds(tmp_path / "d1", n=2, shards=1, with_json=True)
+    make_pool_wds(tmp_path / "d2", n=2, shards=1, with_json=True)
+    assert main(["embed", "pool", "--input", f"{tmp_path}/d*/*.tar", "--out", str(tmp_path / "o"),
+                 "--encoder", ENCODER, "--cache", str(data / "cache")]) == 2
+    assert "duplicate uid 00000000000000000000000000000001" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

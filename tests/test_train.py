@@ -137,3 +137,20 @@ def test_non_finite_step_is_skipped(planted, tmp_path, monkeypatch):
     for key, value in before["reference"].items():
         assert torch.equal(value, after["reference"][key]), key
     assert after["reference_state"]["step"] == before["reference_state"]["step"]
+
+
+def test_pool_fraction_is_a_shard_independent_uniform_sample(planted, tmp_path):
+    from flyt.synthetic import write_pool
+
+    write_pool(planted["data"], tmp_path / "seven", num_shards=7)
+    one = load_pool(planted["pool"], fraction=0.3)
+    seven = load_pool(tmp_path / "seven", fraction=0.3)
+    assert sorted(one.uids) == sorted(seven.uids)
+    assert 0.25 * 3000 < len(one) < 0.35 * 3000
+    # the kept rows are the same pairs: embeddings travel with their uid
+    order_one, order_seven = np.argsort(one.uids), np.argsort(seven.uids)
+    assert np.array_equal(one.image[order_one], seven.image[order_seven])
+    # the planted share is preserved (uids are independent of content)
+    kept = np.isin(planted["data"]["uid"], one.uids)
+    assert abs(planted["data"]["planted"][kept].mean() - planted["data"]["planted"].mean()) < 0.05
+    assert len(load_pool(planted["pool"], fraction=1.0)) == 3000

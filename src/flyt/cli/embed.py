@@ -40,7 +40,8 @@ def add_parser(subparsers) -> None:
     sp = what.add_parser("pool", help="image-caption pairs -> flyt pool shards")
     sp.add_argument("--input", required=True, help=HELP_INPUT_POOL)
     sp.add_argument("--out", required=True, help="output pool directory (its part-*.parquet are replaced)")
-    sp.add_argument("--shard-rows", type=int, default=10_000, help="rows per output shard (default: 10000)")
+    sp.add_argument("--shard-rows", type=int, default=10_000,
+                    help="rows per output shard (default: 10000; webdataset input: one output shard per .tar)")
     sp.add_argument("--format", choices=("flyt", "datacomp"), default="flyt",
                     help="flyt: pool shards with embedding columns; datacomp: part-*.parquet beside part-*.npz "
                     "with <pair>_img / <pair>_txt float16 arrays (default: flyt)")
@@ -79,31 +80,31 @@ def _encoder(args):
     return encoder, CachedEncoder(encoder, cache_dir(args.cache) / "embeddings", progress=sys.stderr.isatty())
 
 
-def _read_pool_input(path):
-    """(table with text [and uid], image bytes) from a pairs input or webdataset shards."""
+def _is_webdataset(path: str) -> bool:
     from pathlib import Path
 
-    from flyt.encoders.embed import read_pairs
-    from flyt.io import webdataset as wds
-
     p = Path(path)
-    is_wds = str(path).endswith(".tar") or "{" in str(path) or "*" in str(path) or (
+    return path.endswith(".tar") or "{" in path or "*" in path or (
         p.is_dir() and any(p.glob("*.tar")) and not any(p.glob("*.parquet")))
-    if not is_wds:
-        return read_pairs(path)
-    import pyarrow as pa
-
-    uids, texts, images = wds.read_pairs(str(path))
-    return pa.table({"uid": pa.array(uids, pa.string()), "text": pa.array(texts, pa.string())}), images
 
 
 def run(args) -> int:
-    from flyt.encoders.embed import embed_pairs, read_task_input, write_task
+    from flyt.encoders.embed import embed_pairs, read_pairs, read_task_input, write_task
 
     if args.what == "pool":
         if args.shard_rows < 1:
             raise FlytError(f"--shard-rows {args.shard_rows}: must be at least 1")
-        table, images = _read_pool_input(args.input)
+        if _is_webdataset(str(args.input)):  # streamed: one output shard per input .tar
+            from flyt.encoders.openclip_datacomp import embed_webdataset
+            from flyt.io.webdataset import list_tars
+
+            list_tars(str(args.input), "pool webdataset")  # bad input fails before the model loads
+            _, cached = _encoder(args)
+            n = embed_webdataset(str(args.input), cached, args.out, args.format, args.pair)
+            print(f"embedded {n} pairs into {args.out} ({cached.encoded['image']} images and "
+                  f"{cached.encoded['text']} texts newly encoded)")
+            return 0
+        table, images = read_pairs(args.input)
         _, cached = _encoder(args)
         if args.format == "datacomp":
             from flyt.encoders.openclip_datacomp import embed_pairs_datacomp

@@ -97,11 +97,14 @@ def load_pool(
     embeddings: bool = True,
     score_columns: list[str] | tuple = (),
     score_dirs: list | tuple = (),
+    fraction: float = 1.0,
 ) -> PoolArrays:
-    """Load a whole pool (embeddings and/or score columns) into memory, validated.
+    """Load a pool (embeddings and/or score columns) into memory, validated.
 
     Score columns are looked up first in the pool shards, then in the score directories, whose
-    rows are joined to the pool by uid.
+    rows are joined to the pool by uid. ``fraction`` < 1 keeps only the rows whose uid falls in the
+    first ``fraction`` of uid space (uids are random 128-bit numbers): a uniform sample that is the
+    same however the pool is sharded, and memory in proportion to it.
     """
     shards = list_shards(pool_dir)
     uid_parts, img_parts, txt_parts, score_parts = [], [], [], []
@@ -114,6 +117,9 @@ def load_pool(
         cols = ["uid"] + ([IMAGE, TEXT] if embeddings else []) + in_shard
         table = read_table(path, cols)
         uids = shard_uids(table, where)
+        if fraction < 1.0:
+            keep = uids_to_pairs(uids, where)["f0"] < np.uint64(min(fraction * 2.0**64, 2.0**64 - 2**11))
+            table, uids = table.filter(pa.array(keep)), uids[keep]
         uid_parts.append(uids)
         if embeddings:
             for name, parts in ((IMAGE, img_parts), (TEXT, txt_parts)):

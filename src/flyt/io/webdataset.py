@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from flyt.errors import FlytError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -142,56 +144,66 @@ def sample_uid(sample: dict, image: Member, text: str) -> str:
     return content_uid(image.read(), text)
 
 
-@dataclass
-class PairRef:
-    image: Member
-    text: str
-
-
 class PairIndex:
-    """uid -> where the image bytes are, plus the caption; built by one pass over the shards.
+    """uid -> where a pair's image and caption bytes are; built by one pass over the shards.
 
-    Holds no image bytes: images are read by seek when a batch needs them.
+    Holds no image bytes, only sorted numpy columns (about 56 bytes a pair: uid as two uint64,
+    shard number, byte offsets and sizes); images and captions are read by seek when a batch needs them.
     """
 
     def __init__(self, patterns):
-        self.items: dict[str, PairRef] = {}
-        for path in list_tars(patterns, "pool webdataset"):
+        from flyt.io.pool import check_unique
+        from flyt.io.uids import uids_to_pairs
+
+        self.paths = list_tars(patterns, "pool webdataset")
+        uids, rows = [], []
+        for shard, path in enumerate(self.paths):
             for sample in iter_samples(path):
                 img = image_member(sample, path)
-                text = read_text(sample, "txt", path)
-                uid = sample_uid(sample, img, text)
-                if uid in self.items:
-                    raise FlytError(f"{path}: duplicate uid {uid} (sample {sample['__key__']!r})")
-                self.items[uid] = PairRef(img, text)
+                if "txt" not in sample:
+                    raise FlytError(f"{path}: sample {sample['__key__']!r} has no .txt")
+                text = sample["txt"]
+                uids.append(sample_uid(sample, img, text.read().decode("utf-8", errors="replace").strip()))
+                rows.append((shard, img.offset, img.size, text.offset, text.size))
+        if not uids:
+            raise FlytError(f"pool webdataset {patterns}: no samples (empty pool)")
+        keys = uids_to_pairs(np.asarray(uids), "pool webdataset")
+        check_unique(keys, np.asarray(uids), "pool webdataset")
+        order = np.argsort(keys, order=("f0", "f1"))
+        self.keys = keys[order]
+        self.where = np.asarray(rows, dtype=np.int64)[order]  # shard, image offset/size, text offset/size
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.keys)
+
+    def find(self, uids) -> np.ndarray:
+        """Row of each uid in the index; -1 where absent."""
+        from flyt.io.uids import uids_to_pairs
+
+        q = uids_to_pairs(np.asarray(uids, dtype=str), "uids")
+        pos = np.searchsorted(self.keys, q)
+        pos_c = np.minimum(pos, len(self.keys) - 1)
+        return np.where(self.keys[pos_c] == q, pos_c, -1)
 
     def get(self, uids) -> tuple[list[bytes], list[str]]:
+        rows = self.find(uids)
+        if (rows < 0).any():
+            u = np.asarray(uids)[rows < 0][0]
+            raise FlytError(f"pool webdataset: no sample with uid {u} (the pool shards and the webdataset differ)")
         images, texts = [], []
-        for u in uids:
-            ref = self.items.get(str(u))
-            if ref is None:
-                raise FlytError(f"pool webdataset: no sample with uid {u} (the pool shards and the webdataset differ)")
-            images.append(ref.image.read())
-            texts.append(ref.text)
+        for shard, i_off, i_size, t_off, t_size in self.where[rows]:
+            path = self.paths[shard]
+            images.append(Member(path, int(i_off), int(i_size)).read())
+            texts.append(Member(path, int(t_off), int(t_size)).read().decode("utf-8", errors="replace").strip())
         return images, texts
 
 
-def read_pairs(patterns) -> tuple[list[str], list[str], list[bytes]]:
-    """All (uid, caption, image bytes) of a pool webdataset, in shard order (for ``flyt embed``)."""
-    uids, texts, images = [], [], []
-    for path in list_tars(patterns, "pool webdataset"):
-        for sample in iter_samples(path):
-            img = image_member(sample, path)
-            text = read_text(sample, "txt", path)
-            uids.append(sample_uid(sample, img, text))
-            texts.append(text)
-            images.append(img.read())
-    if not uids:
-        raise FlytError(f"pool webdataset {patterns}: no samples (empty pool)")
-    return uids, texts, images
+def iter_pairs(path: str) -> Iterator[tuple[str, str, bytes]]:
+    """(uid, caption, image bytes) of one pool shard, in file order."""
+    for sample in iter_samples(path):
+        img = image_member(sample, path)
+        text = read_text(sample, "txt", path)
+        yield sample_uid(sample, img, text), text, img.read()
 
 
 def _lines(path: Path) -> list[str]:

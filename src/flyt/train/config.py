@@ -13,6 +13,7 @@ DEFAULTS: dict = {
     "mode": "flyt",  # flyt: SwiGLU head over embeddings | mflyt: linear mix of score columns
     "name": None,  # the score column a trained scorer writes (default: the mode)
     "pool": None,  # flyt pool directory
+    "pool_fraction": 1.0,  # train on a uniform, shard-independent sample of the pool (by uid) this size
     "scores": [],  # extra score directories, joined to the pool by uid (M-FLYT inputs)
     "score_columns": [],  # M-FLYT inputs
     "tasks": [],  # downstream task directories
@@ -145,6 +146,9 @@ def validate(cfg: dict, base_dir: Path = Path(".")) -> dict:
     for key in ("scorer_lr", "reference_lr", "downstream_scale_lr"):
         if not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
             raise FlytError(f"config key '{key}' must be a non-negative number, got {cfg[key]!r}")
+    f = cfg["pool_fraction"]
+    if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1:
+        raise FlytError(f"config key 'pool_fraction' must be in (0, 1], got {f!r}")
     if cfg["dtype"] not in ("float32", "float64"):
         raise FlytError(f"config key 'dtype' must be float32 or float64, got {cfg['dtype']!r}")
     ref = cfg["reference"]

@@ -115,7 +115,8 @@ def train(cfg: dict, resume: bool = False, progress: bool | None = None) -> Path
     comm.barrier()  # every rank has checked the run directory before rank 0 writes into it
 
     # Data: the whole pool's embeddings (and M-FLYT inputs) in memory, tasks with their prompts.
-    pool = load_pool(cfg["pool"], embeddings=True, score_columns=cfg["score_columns"], score_dirs=cfg["scores"])
+    pool = load_pool(cfg["pool"], embeddings=True, score_columns=cfg["score_columns"], score_dirs=cfg["scores"],
+                     fraction=cfg["pool_fraction"])
     image_dim, text_dim = pool.image.shape[1], pool.text.shape[1]
     if raw:
         from flyt.train import raw_inputs

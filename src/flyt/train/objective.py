@@ -56,6 +56,60 @@ def weighted_clip_loss(
     return (loss_img + loss_txt) / 2
 
 
+class WeightedClipHead:
+    """``weighted_clip_loss`` as a head over the features e = (I, T, t), with the two derivatives the
+    meta-gradient needs in closed form (no autograd graph over the N x N similarity matrix):
+
+        S = s I T^T (s = e^t);  P_ij = w_j e^{S_ij} / sum_l w_l e^{S_il}  (row softmax over texts j)
+                                Q_ij = w_i e^{S_ij} / sum_l w_l e^{S_lj}  (column softmax over images i)
+        G = dL/dS = (w_i P_ij + w_j Q_ij) / 2 - w_i delta_ij
+        dL/dI = s G T,   dL/dT = s G^T I,   dL/dt = <G, S>
+
+    and, for a direction u = (u_I, u_T, u_t) of the features, D = dS[u] = s (u_I T^T + I u_T^T) + u_t S,
+    h(log w) = <dL/de, u> = <G, D>, whose gradient with m_i = sum_j P_ij D_ij, n_j = sum_i Q_ij D_ij is
+
+        dh/dlog w_k = ( w_k (m_k - D_kk) + sum_i w_i P_ik (D_ik - m_i)
+                      + w_k (n_k - D_kk) + sum_j w_j Q_kj (D_kj - n_j) ) / 2.
+
+    Tests check both against autograd and finite differences.
+    """
+
+    def __init__(self, image_features, text_features, logit_scale, log_weights):
+        self.I, self.T, self.t = image_features.detach(), text_features.detach(), logit_scale.detach()
+        self.log_w = log_weights.detach()
+        self.w = self.log_w.exp()
+        self.s = self.t.exp()
+        self.S = (self.s * self.I) @ self.T.T
+        # (N x N work is memory-bound on a CPU: build each matrix in place, reduce with mat-vecs)
+        self.P = self.S + self.log_w[None, :]
+        log_norm_img = torch.logsumexp(self.P, dim=1)  # r_i
+        self.P.sub_(log_norm_img[:, None]).exp_()
+        self.Q = self.S + self.log_w[:, None]
+        log_norm_txt = torch.logsumexp(self.Q, dim=0)  # c_j
+        self.Q.sub_(log_norm_txt[None, :]).exp_()
+        positives = self.S.diagonal()
+        self.loss = -(self.w * (positives - log_norm_img)).sum() / 2 - (self.w * (positives - log_norm_txt)).sum() / 2
+
+    def feature_gradients(self):
+        """(dL/dI, dL/dT, dL/dt)."""
+        G = self.P * (self.w[:, None] / 2)
+        G.addcmul_(self.Q, self.w[None, :] / 2)
+        G.diagonal().sub_(self.w)
+        return (self.s * (G @ self.T), self.s * (G.T @ self.I), torch.vdot(G.reshape(-1), self.S.reshape(-1)))
+
+    def weight_gradient(self, u) -> torch.Tensor:
+        """d/dlog w of < dL/de(e; w), u > for a fixed direction u of the features."""
+        u_I, u_T, u_t = u
+        D = torch.addmm((self.s * u_I) @ self.T.T, self.s * self.I, u_T.T)
+        D.add_(self.S, alpha=float(u_t))
+        d = D.diagonal()
+        PD, QD = self.P * D, self.Q * D
+        m, n = PD.sum(1), QD.sum(0)
+        rows = self.w @ PD - (self.w * m) @ self.P  # sum_i w_i P_ik (D_ik - m_i)
+        cols = QD @ self.w - self.Q @ (self.w * n)  # sum_j w_j Q_kj (D_kj - n_j)
+        return (self.w * (m - d) + rows + self.w * (n - d) + cols) / 2
+
+
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """The standard (open_clip) CLIP loss: mean of image->text and text->image cross-entropies."""
     logits = logit_scale.exp() * image_features @ text_features.T
@@ -186,8 +240,8 @@ def meta_gradient(
     n = len(log_weights)
     theta = {k: p.detach().requires_grad_(True) for k, p in params.items()}
 
-    # e = (I, T, t) from the towers; dL_up/de through the loss head, keeping its graph: it is needed
-    # once more for the second derivative below, so S = exp(t) I T^T is computed only once.
+    # e = (I, T, t) from the towers; L_up and dL_up/de from the loss head in closed form (the head
+    # keeps S, P, Q for the second derivative below, so S = exp(t) I T^T is computed only once).
     if chunk is None:
         features = _upstream_features(reference, theta, up_image, up_text)
     else:  # no graph here: each chunk's forward is redone for its backward pass below
@@ -195,10 +249,8 @@ def meta_gradient(
             parts = [_upstream_features(reference, theta, up_image[s], up_text[s]) for s in _slices(len(up_image), chunk)]
         features = [torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), theta["logit_scale"]]
     e = [comm.gather(features[0].detach(), n), comm.gather(features[1].detach(), n), features[2].detach()]
-    e = [x.requires_grad_(True) for x in e]
-    log_w = log_weights.detach().clone().requires_grad_(True)
-    loss_up = weighted_clip_loss(*e, log_w)
-    grad_e = torch.autograd.grad(loss_up, e, create_graph=True)
+    head = WeightedClipHead(*e, log_weights)
+    loss_up, grad_e = head.loss, head.feature_gradients()
 
     # g = grad_theta L_up = J_e^T dL_up/de: an ordinary backward pass through the towers (each rank
     # its own rows; the shared logit scale's share split evenly), summed over ranks.
@@ -233,8 +285,7 @@ def meta_gradient(
     u = [comm.gather(u[0], n), comm.gather(u[1], n), u[2]]
 
     # dL_down/dlog w = d/dlog w < dL_up/de(e; w), u >: second derivative through the loss head only.
-    directional = sum((ge * ue).sum() for ge, ue in zip(grad_e, u))
-    (grad_log_w,) = torch.autograd.grad(directional, log_w)
+    grad_log_w = head.weight_gradient(u)
 
     return MetaStep(
         grad_log_weights=grad_log_w.detach(),

@@ -41,10 +41,10 @@ def open_pool(patterns, uids: np.ndarray) -> PairIndex:
         raise FlytError("config key 'reference.pool_shards' is required for reference.kind openclip "
                         "(webdataset shards of the pool's raw image-caption pairs)")
     index = PairIndex(patterns)
-    missing = [u for u in uids if str(u) not in index.items]
-    if missing:
-        raise FlytError(f"reference.pool_shards: pool uid {missing[0]} is not in the webdataset "
-                        f"({len(missing)} of {len(uids)} pool uids missing)")
+    missing = np.flatnonzero(index.find(uids) < 0)
+    if missing.size:
+        raise FlytError(f"reference.pool_shards: pool uid {uids[missing[0]]} is not in the webdataset "
+                        f"({missing.size} of {len(uids)} pool uids missing)")
     return index
 
 
