@@ -120,9 +120,9 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
                             negclip_batch_size=min(1024, len(raw) // ScorerOptions.negclip_batches + 1),
                             classifier_negatives=min(20_000, len(raw)))
     base_names = ["clip_score", "negclip_loss", "normsim_inf", "normsim_2", "classifier", "image_based", "caption"]
-    score_pool(teacher_pool, out / "scores" / "baselines", base_names, options, tasks=teacher_tasks, progress=False)
+    done = score_pool(teacher_pool, out / "scores" / "baselines", base_names, options, tasks=teacher_tasks, progress=False)
     timings["baseline_scores"] = time.perf_counter() - t
-    log("baseline scores written")
+    log("baseline scores written" if done.scored else "baseline scores cached")
 
     # 4. FLYT on the teacher's embeddings; 5. M-FLYT over all scores (FLYT's included).
     t = time.perf_counter()
