@@ -60,7 +60,7 @@ def test_subsets_are_datacomp_subsets_of_the_pool(demo):
     pool_pairs = np.sort(uids_to_pairs(load_pool(bench / "pool").uids), order=["f0", "f1"])
     n = len(pool_pairs)
     scores = {}
-    for sub in ("baselines", "flyt", "mflyt"):
+    for sub in ["baselines", *(p.name for p in sorted((out / "scores").glob("*flyt-*")))]:
         t = pq.read_table(out / "scores" / sub)
         key = uids_to_pairs(t.column("uid").to_pylist())
         scores.update({c: dict(zip(key.tolist(), t.column(c).to_numpy())) for c in t.column_names if c != "uid"})
@@ -102,12 +102,29 @@ def test_results_md_and_report(demo):
 
 def test_second_run_reuses_the_caches(demo):
     bench, out, summary, _ = demo
-    stamps = {p: p.stat().st_mtime_ns for p in [out / "runs" / "flyt" / "scorer.pt", out / "runs" / "mflyt" / "scorer.pt",
-                                                 out / "teacher" / "done.json"]}
+    scorers = sorted((out / "runs").glob("*/scorer.pt"))
+    assert [p.parent.name.split("-")[0] for p in scorers] == ["flyt", "mflyt"]
+    stamps = {p: p.stat().st_mtime_ns for p in [*scorers, out / "teacher" / "done.json"]}
     lines = []
     again = run_demo(tiny_config(out, bench), printer=lines.append)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     text = "\n".join(lines)
     assert "teacher space cached" in text and "flyt: cached" in text and "mflyt: cached" in text
+    assert sorted((out / "runs").glob("*/scorer.pt")) == scorers  # nothing retrained elsewhere
     # Same caches, same seeds: the same table.
     assert {k: v["mean"] for k, v in again["results"].items()} == {k: v["mean"] for k, v in summary["results"].items()}
+
+
+def test_changed_training_settings_do_not_reuse_a_cached_scorer(demo, tmp_path):
+    """A run with other FLYT settings (e.g. --quick after a full run) trains its own scorers."""
+    import shutil
+    from dataclasses import replace
+
+    bench, out, _, _ = demo
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    lines = []
+    run_demo(replace(tiny_config(other, bench), flyt_steps=tiny_config(other, bench).flyt_steps + 1), printer=lines.append)
+    text = "\n".join(lines)
+    assert "teacher space cached" in text and "flyt: trained" in text and "mflyt: trained" in text
+    assert len(list((other / "runs").glob("flyt-*/scorer.pt"))) == 2

@@ -124,25 +124,29 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
     timings["baseline_scores"] = time.perf_counter() - t
     log("baseline scores written" if done.scored else "baseline scores cached")
 
-    # 4. FLYT on the teacher's embeddings; 5. M-FLYT over all scores (FLYT's included).
+    # 4. FLYT on the teacher's embeddings; 5. M-FLYT over all scores (FLYT's included). Runs and their
+    # scores live in directories named by their settings, so --quick and full runs never share them.
     t = time.perf_counter()
-    flyt_pt = _train(cfg, "flyt", teacher_pool, teacher_tasks, out / "runs" / "flyt", log)
-    score_pool(teacher_pool, out / "scores" / "flyt", [str(flyt_pt)], progress=False)
+    score_dirs = {"baselines": out / "scores" / "baselines"}
+    flyt_pt = _train(cfg, "flyt", teacher_pool, teacher_tasks, out / "runs", log)
+    score_dirs["flyt"] = out / "scores" / flyt_pt.parent.name
+    score_pool(teacher_pool, score_dirs["flyt"], [str(flyt_pt)], progress=False)
     timings["flyt"] = time.perf_counter() - t
     t = time.perf_counter()
     mix_inputs = [c for c in BASELINES if c != "caption_words"] + CAPTION_COLUMNS + ["flyt"]
-    mflyt_pt = _train(cfg, "mflyt", teacher_pool, teacher_tasks, out / "runs" / "mflyt", log,
-                      score_columns=mix_inputs, scores=[out / "scores" / "baselines", out / "scores" / "flyt"])
-    score_pool(teacher_pool, out / "scores" / "mflyt", [str(mflyt_pt)],
-               score_dirs=[out / "scores" / "baselines", out / "scores" / "flyt"], progress=False)
+    mflyt_pt = _train(cfg, "mflyt", teacher_pool, teacher_tasks, out / "runs", log,
+                      score_columns=mix_inputs, scores=[score_dirs["baselines"], score_dirs["flyt"]])
+    score_dirs["mflyt"] = out / "scores" / mflyt_pt.parent.name
+    score_pool(teacher_pool, score_dirs["mflyt"], [str(mflyt_pt)],
+               score_dirs=[score_dirs["baselines"], score_dirs["flyt"]], progress=False)
     timings["mflyt"] = time.perf_counter() - t
-    scores = _read_scores(out / "scores", raw.uids)
+    scores = _read_scores(score_dirs, raw.uids)
 
     # 6. Strategies: choose fraction / penalty on validation, then 7. evaluate on test.
     t = time.perf_counter()
     strategies = _strategies(cfg, scores)
     drawn = {
-        name: [_draw(spec["column"], option, out / "scores", cfg, len(raw)) for option in spec["options"]]
+        name: [_draw(spec["column"], option, score_dirs, cfg, len(raw)) for option in spec["options"]]
         for name, spec in strategies.items()
     }
     # Every option of every strategy that has a choice to make: one student each, trained together.
@@ -269,14 +273,14 @@ def _teacher_space(raw, meta, fit_tasks, cfg: DemoConfig, out: Path, log) -> Non
     log(f"teacher CLIP trained on the unfiltered pool; pool and fit tasks embedded in its {cfg.teacher.dim}-d space")
 
 
-def _train(cfg: DemoConfig, mode: str, pool, tasks, run_dir: Path, log, score_columns=(), scores=()) -> Path:
+def _train(cfg: DemoConfig, mode: str, pool, tasks, runs_dir: Path, log, score_columns=(), scores=()) -> Path:
+    """Train (or reuse) the scorer in runs_dir/<mode>-<hash of its settings>."""
+    import hashlib
+
     from flyt.train.loop import train
 
-    if (run_dir / "scorer.pt").is_file():
-        log(f"{mode}: cached in {run_dir}")
-        return run_dir / "scorer.pt"
     config = {
-        "mode": mode, "pool": str(pool), "tasks": list(tasks), "out": str(run_dir),
+        "mode": mode, "pool": str(pool), "tasks": list(tasks),
         "steps": cfg.flyt_steps if mode == "flyt" else cfg.mflyt_steps,
         "upstream_batch": cfg.upstream_batch, "downstream_batch": cfg.downstream_batch,
         "scorer_lr": cfg.scorer_lr, "reference_lr": cfg.reference_lr, "warmup_steps": 20,
@@ -284,6 +288,12 @@ def _train(cfg: DemoConfig, mode: str, pool, tasks, run_dir: Path, log, score_co
         "score_columns": list(score_columns), "scores": [str(s) for s in scores],
         "checkpoint_every": 50,
     }
+    digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+    run_dir = runs_dir / f"{mode}-{digest}"
+    config["out"] = str(run_dir)
+    if (run_dir / "scorer.pt").is_file():
+        log(f"{mode}: cached in {run_dir}")
+        return run_dir / "scorer.pt"
     resume = (run_dir / "checkpoints" / "latest.pt").is_file()
     t = time.perf_counter()
     path = train(config, resume=resume, progress=False)
@@ -291,12 +301,12 @@ def _train(cfg: DemoConfig, mode: str, pool, tasks, run_dir: Path, log, score_co
     return path
 
 
-def _read_scores(scores_dir: Path, uids: np.ndarray) -> dict[str, np.ndarray]:
+def _read_scores(score_dirs: dict, uids: np.ndarray) -> dict[str, np.ndarray]:
     """All score columns, aligned to the pool's row order (joined by uid)."""
     position = {u: i for i, u in enumerate(uids)}
     out = {}
-    for sub in ("baselines", "flyt", "mflyt"):
-        for path in list_shards(scores_dir / sub, kind="scores"):
+    for directory in score_dirs.values():
+        for path in list_shards(directory, kind="scores"):
             table = pq.read_table(path)
             rows = np.array([position[u] for u in table.column("uid").to_pylist()])
             for name in table.column_names:
@@ -322,7 +332,7 @@ def _strategies(cfg: DemoConfig, scores: dict) -> dict:
     return s
 
 
-def _draw(column, option, scores_dir: Path, cfg: DemoConfig, pool_rows: int):
+def _draw(column, option, score_dirs: dict, cfg: DemoConfig, pool_rows: int):
     """A strategy option -> its subset as (sorted uid pairs, counts)."""
     from flyt.sample.api import sample
     from flyt.sample.methods import SampleSpec
@@ -330,7 +340,7 @@ def _draw(column, option, scores_dir: Path, cfg: DemoConfig, pool_rows: int):
 
     kind = option[0]
     if kind in ("all", "random"):
-        sources = score_sources(scores_dir / "baselines", "clip_score")  # for the uids only
+        sources = score_sources(score_dirs["baselines"], "clip_score")  # for the uids only
         pairs = np.concatenate([s.load()[0] for s in sources])
         pairs = np.sort(pairs, order=["f0", "f1"])
         if kind == "random":
@@ -338,12 +348,12 @@ def _draw(column, option, scores_dir: Path, cfg: DemoConfig, pool_rows: int):
             keep = np.sort(rng.choice(len(pairs), size=int(option[1] * len(pairs)), replace=False))
             pairs = pairs[keep]
         return pairs, np.ones(len(pairs), np.int64), None
-    sub = {"flyt": "flyt", "mflyt": "mflyt"}.get(column, "baselines")
+    directory = score_dirs.get(column, score_dirs["baselines"])
     if kind == "topk":
         spec = SampleSpec("topk", fraction=option[1], budget=cfg.student.samples_seen)
     else:  # SCS draws the whole samples-seen budget: the counts are the training multiset
         spec = SampleSpec("scs", total=cfg.student.samples_seen, penalty=option[1], seed=0)
-    sel = sample(spec, score_sources(scores_dir / sub, column))
+    sel = sample(spec, score_sources(directory, column))
     return sel.pairs, sel.counts, spec
 
 
