@@ -95,7 +95,7 @@ def write_tiny_assets(cache, per_source: int = POOL_PER_SOURCE) -> None:
     _write_rendered(cache, "digits", [
         {"key": str(i), "image": shape_png(names[i % 6], SHAPES[i % 4], jitter=i // 10), "text": str(i % 10),
          "group": str(i % 10)} for i in range(40)])
-    for step in [f"deb:{p}" for p in assets.DEBS] + ["npm"] + [f"render:{s}" for s in assets.SOURCES]:
+    for step in [f"deb:{p}" for p in assets.DEBS] + ["npm"] + [assets.render_step(s) for s in assets.SOURCES]:
         write_json({"seconds": 0.0}, assets._marker(cache, step))
 
 

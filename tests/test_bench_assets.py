@@ -78,7 +78,7 @@ def _fake_cache(cache, n=40):
     _write_rendered(cache, "fashion_mnist", [{"key": str(i), "image": png(colours()), "text": "x",
                                               "group": assets.FASHION_CLASSES[i % 10], "subgroup": "train" if i < 40 else "test"} for i in range(60)])
     _write_rendered(cache, "digits", [{"key": str(i), "image": png(colours()), "text": str(i % 10), "group": str(i % 10)} for i in range(40)])
-    for step in [f"deb:{p}" for p in assets.DEBS] + ["npm"] + [f"render:{s}" for s in assets.SOURCES]:
+    for step in [f"deb:{p}" for p in assets.DEBS] + ["npm"] + [assets.render_step(s) for s in assets.SOURCES]:
         write_json({"seconds": 0.0}, assets._marker(cache, step))
 
 

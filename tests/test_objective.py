@@ -233,3 +233,15 @@ def test_weighted_clip_head_closed_forms_match_autograd():
         torch.testing.assert_close(closed, auto.detach())
     torch.testing.assert_close(head.weight_gradient(u), grad_lw)
     assert head.weight_gradient(u)[3] == 0 and grad_lw.abs().max() > 1e-3
+
+
+def test_forward_mode_ad_prints_no_torch_deprecation_warning():
+    """torch 2.14's jvp lazily imports decompositions that warn about torch.jit.script; flyt imports
+    them quietly so a training run's output stays clean (run in a fresh interpreter: import once)."""
+    import subprocess
+    import sys
+
+    code = ("import torch, flyt.train.objective\nfrom torch.func import jvp\n"
+            "jvp(lambda x: 2 * x, (torch.ones(2),), (torch.ones(2),))\n")
+    done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from flyt.bench.assets import cache_dir, prepare
+from flyt.bench.assets import POOL_SOURCES, TASK_SOURCES, cache_dir, prepare, render_step
 from flyt.bench.pool import PoolConfig, build_pairs, composition
 from flyt.bench.tasks import build_task_specs, describe
 from flyt.encoders.base import Encoder
@@ -53,7 +53,7 @@ def build_benchmark(
     if done.is_file() and not force:
         summary = json.loads(done.read_text())
         same = (summary.get("encoder") == encoder.name and summary.get("pool_config") == asdict(pool_config)
-                and summary.get("task_limit") == task_limit)
+                and summary.get("task_limit") == task_limit and summary.get("assets") == _asset_steps())
         if same and (out / "pool").is_dir() and all((out / "tasks" / t).is_dir() for t in summary["tasks"]):
             log(f"benchmark already built in {out} (cached)")
             return summary
@@ -88,6 +88,7 @@ def build_benchmark(
         "pool_config": asdict(pool_config),
         "tasks": describe(specs),
         "task_limit": task_limit,
+        "assets": _asset_steps(),
         "timings": timings,
         "encoded": {"pool": pool_encoded, "total": dict(cached.encoded)},
         "out": str(out),
@@ -95,6 +96,11 @@ def build_benchmark(
     write_json(summary, out / "benchmark.json")
     log(f"benchmark written to {out}: {table.num_rows} pairs, {len(specs)} tasks")
     return summary
+
+
+def _asset_steps() -> list[str]:
+    """The rendered sources' cache steps: a benchmark built from differently rendered assets is stale."""
+    return [render_step(name) for name in POOL_SOURCES + TASK_SOURCES]
 
 
 def load_benchmark(out) -> dict:

@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
                         "is a local file, omitted = random init; needs flyt-clip[openclip]) (default: offline)")
         sp.add_argument("--cache", default=None,
                         help="cache directory for assets and embeddings (default: $FLYT_CACHE or ~/.cache/flyt)")
-        sp.add_argument("--batch-size", type=int, default=64, help="images/texts per encoder batch (default: 64)")
+        sp.add_argument("--batch-size", type=int, default=64, help="texts (and open_clip images) per encoder batch (default: 64); the offline image tower runs 16 at a time")
 
     sp = what.add_parser("pool", help="image-caption pairs -> flyt pool shards")
     sp.add_argument("--input", required=True, help=HELP_INPUT_POOL)

@@ -16,8 +16,12 @@ from flyt.encoders.base import Encoder, normalise_rows
 from flyt.errors import require
 
 # EfficientNet-Lite0 was trained at 224 px; 128 px keeps its features meaningful on our 96-px
-# renders at about twice the speed (about 20 images/s on 2 CPU cores instead of 8).
+# renders at about a third of the cost.
 IMAGE_SIZE = 128
+# Depthwise convolutions run about twice as fast in channels-last layout on CPU, and small batches
+# keep each layer's activations in cache: 16 images x channels-last measured ~110 images/s on 2 cores
+# vs ~48 for 64 x NCHW (benchmarks/embed.py; same features to ~1e-5).
+IMAGE_BATCH = 16
 
 # (conv, batch norm) pairs applied back to back in EfficientNet-Lite's forward pass.
 _BLOCK_PAIRS = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
@@ -53,8 +57,10 @@ class OfflineEncoder(Encoder):
     image_dim = 1280
     text_dim = 384
 
-    def __init__(self, batch_size: int = 64, image_size: int = IMAGE_SIZE, threads: int | None = None):
-        self.batch_size = batch_size
+    def __init__(self, batch_size: int = 64, image_size: int = IMAGE_SIZE, threads: int | None = None,
+                 image_batch_size: int = IMAGE_BATCH):
+        self.batch_size = batch_size  # texts
+        self.image_batch_size = image_batch_size
         self.image_size = int(image_size)
         self.name = f"offline-effnetlite0-{self.image_size}px-minilm-l6"
         if threads:
@@ -73,7 +79,9 @@ class OfflineEncoder(Encoder):
             path = weights.EfficientnetLite0ModelFile.get_model_file_path()
             with contextlib.redirect_stdout(io.StringIO()):  # the library prints a banner
                 model = eff.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
-            self._image_model = fuse_batchnorm(model.eval())
+            import torch
+
+            self._image_model = fuse_batchnorm(model.eval()).to(memory_format=torch.channels_last)
         return self._image_model
 
     def _text(self):
@@ -107,9 +115,11 @@ class OfflineEncoder(Encoder):
 
         model = self._image()
         parts = []
-        with torch.no_grad():
-            for start in range(0, len(images), self.batch_size):
-                x = torch.from_numpy(self.preprocess(images[start : start + self.batch_size]))
+        step = self.image_batch_size
+        with torch.inference_mode():
+            for start in range(0, len(images), step):
+                x = torch.from_numpy(self.preprocess(images[start : start + step]))
+                x = x.contiguous(memory_format=torch.channels_last)
                 parts.append(model.extract_features(x).mean((2, 3)).numpy())
         if not parts:
             return np.zeros((0, self.image_dim), dtype=np.float32)

@@ -22,6 +22,7 @@ Two ways to get dL_down/dlog w, equal up to rounding (tests check both against f
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,15 @@ import torch.nn.functional as F
 from torch.func import jvp
 
 from flyt.train.distributed import Comm
+
+# Forward-mode AD (the jvp below) lazily imports torch's jvp decompositions, which call the deprecated
+# torch.jit.script and print a FutureWarning mid-run (torch 2.14). Import them here, quietly, once.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    try:
+        import torch._decomp.decompositions_for_jvp  # noqa: F401
+    except ImportError:  # a torch without this module: nothing to silence
+        pass
 
 
 # --------------------------------------------------------------------------------------------
