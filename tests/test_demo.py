@@ -111,6 +111,7 @@ def test_second_run_reuses_the_caches(demo):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     text = "\n".join(lines)
     assert "teacher space cached" in text and "flyt: cached" in text and "mflyt: cached" in text
+    assert "students: 0 trained" in text  # every validation and test student's accuracies reused
     assert sorted((out / "runs").glob("*/scorer.pt")) == scorers  # nothing retrained elsewhere
     # Same caches, same seeds: the same table.
     assert {k: v["mean"] for k, v in again["results"].items()} == {k: v["mean"] for k, v in summary["results"].items()}

@@ -59,7 +59,11 @@ def evaluate_selection(
     """
     indices = multiset_indices(pool_uids, selection)
     students = train_students(image, text, [(indices, seed) for seed in seeds], config)
-    runs = [evaluate(student, tasks, split) for student in students]
+    return summarise_seeds([evaluate(student, tasks, split) for student in students], seeds, indices)
+
+
+def summarise_seeds(runs: list[dict], seeds, indices: np.ndarray) -> dict:
+    """Per-seed evaluations of one selection -> evaluate_selection's summary (mean, population std)."""
     keys = list(runs[0])
     return {
         "per_seed": runs,

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from flyt.bench.evaluate import evaluate, evaluate_selection
+from flyt.bench.evaluate import evaluate, summarise_seeds
 from flyt.bench.student import StudentConfig, multiset_indices, train_student, train_students
 from flyt.errors import FlytError
 from flyt.io.arrays import fixed_size_list
@@ -156,7 +156,9 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
     }
     # Every option of every strategy that has a choice to make: one student each, trained together.
     grid = [(name, i) for name, subsets in drawn.items() if len(subsets) > 1 for i in range(len(subsets))]
-    accuracy = dict(zip(grid, _student_accuracies(raw, [drawn[n][i] for n, i in grid], val_tasks, cfg)))
+    students = StudentRuns(out / "students", key, raw, cfg.student)
+    runs = [(_indices(raw, drawn[n][i]), cfg.validation_seed) for n, i in grid]
+    accuracy = {g: r["average"] for g, r in zip(grid, students.evaluate(runs, val_tasks, "validation"))}
     chosen, validation = {}, {}
     for name, spec in strategies.items():
         accs = [accuracy.get((name, i)) for i in range(len(spec["options"]))]
@@ -170,11 +172,13 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
     t = time.perf_counter()
     results = {}
     for name in strategies:
-        subset = np.load(out / "subsets" / f"{name}.npy")
-        res = evaluate_selection(raw.image, raw.text, raw.uids, subset, test_tasks, cfg.student, seeds=cfg.seeds)
+        indices = multiset_indices(raw.uids, np.load(out / "subsets" / f"{name}.npy"))
+        per_seed = students.evaluate([(indices, seed) for seed in cfg.seeds], test_tasks, "test")
+        res = summarise_seeds(per_seed, cfg.seeds, indices)
         results[name] = {**res, "label": strategies[name]["label"], "chosen": chosen[name]}
         log(f"{name:>22}: average {res['mean']['average']:.4f} +- {res['std']['average']:.4f}")
     timings["students"] = time.perf_counter() - t
+    log(f"students: {students.trained} trained, {students.cached} reused from {out / 'students'}")
 
     mixer = torch.load(mflyt_pt, weights_only=True)
     weights = dict(zip(mixer["model"]["columns"], mixer["state_dict"]["linear.weight"].reshape(-1).tolist()))
@@ -374,11 +378,42 @@ def _draw(column, option, score_dirs: dict, cfg: DemoConfig, pool_rows: int):
     return sel.pairs, sel.counts, spec
 
 
-def _student_accuracies(raw, subsets, val_tasks, cfg: DemoConfig) -> list[float]:
-    """Average validation accuracy of one student per subset (all trained in one batched run)."""
-    runs = [(multiset_indices(raw.uids, np.repeat(pairs, counts)), cfg.validation_seed) for pairs, counts, _ in subsets]
-    students = train_students(raw.image, raw.text, runs, cfg.student) if runs else []
-    return [evaluate(student, val_tasks, split="test")["average"] for student in students]
+def _indices(raw, subset) -> np.ndarray:
+    """A drawn subset (pairs, counts, spec) -> pool row indices, one per copy."""
+    pairs, counts, _ = subset
+    return multiset_indices(raw.uids, np.repeat(pairs, counts))
+
+
+class StudentRuns:
+    """Students trained and evaluated, cached by what determines their result.
+
+    A student's accuracies are a deterministic function of its training multiset (row indices, in
+    order), its seed, the student settings, the benchmark (``data_key``) and the evaluation split, so a
+    re-run reuses them: ``<dir>/<sha1 of those>.json``. Missing students train together in one batch.
+    """
+
+    def __init__(self, directory: Path, data_key: str, raw, config: StudentConfig):
+        self.dir, self.data_key, self.raw, self.config = Path(directory), data_key, raw, config
+        self.trained = self.cached = 0
+
+    def _path(self, indices: np.ndarray, seed: int, role: str) -> Path:
+        import hashlib
+
+        h = hashlib.sha1(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
+        h.update(json.dumps([self.data_key, asdict(self.config), int(seed), role]).encode())
+        return self.dir / f"{h.hexdigest()[:16]}.json"
+
+    def evaluate(self, runs: list, tasks: list[Task], role: str) -> list[dict]:
+        """Per-task accuracies and their average for each (indices, seed); role "validation" evaluates
+        the tasks' held-out split of train, "test" the test split (both are each Task's ``test``)."""
+        paths = [self._path(idx, seed, role) for idx, seed in runs]
+        todo = [i for i, p in enumerate(paths) if not p.is_file()]
+        self.trained, self.cached = self.trained + len(todo), self.cached + len(runs) - len(todo)
+        if todo:
+            trained = train_students(self.raw.image, self.raw.text, [runs[i] for i in todo], self.config)
+            for i, student in zip(todo, trained):
+                write_json(evaluate(student, tasks, split="test"), paths[i])
+        return [json.loads(p.read_text()) for p in paths]
 
 
 def _write_subset(path: Path, subset, name: str, option, column) -> None:
