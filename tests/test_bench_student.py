@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flyt.bench.evaluate import evaluate, evaluate_selection, zeroshot_weights
+from flyt.bench.evaluate import defect_auc, evaluate, evaluate_selection, zeroshot_weights
 from flyt.bench.student import Student, StudentConfig, batches, clip_loss, multiset_indices, train_student
 from flyt.errors import FlytError
 from flyt.io.tasks import Split, Task
@@ -146,3 +146,20 @@ def test_students_trained_together_equal_students_trained_alone():
         for a, b in zip(alone.parameters(), joint.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(together[0].image_proj.weight, together[1].image_proj.weight)
+
+
+def test_defect_auc_matches_counting_every_pair():
+    """AUC(clean above defect) equals the fraction of (clean, defect) pairs ordered that way, ties 1/2;
+    a perfect detector gives 1, a reversed one 0, NaN scores are left out."""
+    rng = np.random.default_rng(0)
+    defects = rng.choice(["none", "swapped", "duplicate"], size=300)
+    score = np.round(rng.normal(size=300) + (defects == "none"), 1)  # rounded: many ties
+    score[:5] = np.nan
+    got = defect_auc({"s": score, "perfect": (defects == "none").astype(float)}, defects)
+    ok = np.isfinite(score)
+    for d in ("swapped", "duplicate"):
+        good, bad = score[ok & (defects == "none")], score[ok & (defects == d)]
+        brute = ((good[:, None] > bad[None, :]) + 0.5 * (good[:, None] == bad[None, :])).mean()
+        assert got["s"][d] == pytest.approx(brute, abs=1e-12)
+        assert got["perfect"][d] == 1.0
+    assert defect_auc({"r": -(defects == "none").astype(float)}, defects)["r"]["swapped"] == 0.0

@@ -96,7 +96,13 @@ def test_results_md_and_report(demo):
     assert all(line.count("+-") == len(TASKS) + 1 for line in rows)
     assert "M-FLYT + SCS" in md and "FLYT" in md and "CLIP-score" in md
     report = (out / "report.html").read_text()
-    assert report.count("<tr>") == 1 + len(STRATEGIES)  # the results table, as an HTML table
+    results_table, rest = report.split("</table>", 1)
+    assert results_table.count("<tr>") == 1 + len(STRATEGIES)  # the results table, as an HTML table
+    # the scores as defect detectors: one row per score column, read from results.json
+    auc = summary["defect_auc"]
+    assert {"flyt", "mflyt", "clip_score"} <= set(auc) and "Which defects each score detects" in rest
+    assert all(0 <= v <= 1 for row in auc.values() for v in row.values())
+    assert rest.split("</table>", 1)[0].count("<tr>") == 1 + len(auc)
     assert report.count("data:image/png;base64,") >= 8 + 2 * 12  # plots + top/bottom thumbnails
 
 

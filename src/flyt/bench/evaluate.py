@@ -73,3 +73,32 @@ def summarise_seeds(runs: list[dict], seeds, indices: np.ndarray) -> dict:
         "selected": int(len(indices)),
         "unique": int(len(np.unique(indices))),
     }
+
+
+def defect_auc(scores: dict, defects: np.ndarray, clean: str = "none") -> dict:
+    """For each score column and each ground-truth defect: the probability that a clean pair scores
+    above a pair with that defect (ties count one half), i.e. the ROC AUC of the score as a detector of
+    the defect. 0.5 = blind to it; below 0.5 = prefers the defect. NaN scores are left out."""
+    defects = np.asarray(defects)
+    out = {}
+    for column, values in scores.items():
+        values = np.asarray(values, dtype=np.float64)
+        keep = np.isfinite(values)
+        good = values[keep & (defects == clean)]
+        row = {}
+        for defect in sorted(set(defects.tolist()) - {clean}):
+            bad = values[keep & (defects == defect)]
+            if len(good) and len(bad):
+                row[defect] = _auc(good, bad)
+        out[column] = row
+    return out
+
+
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """Mann-Whitney U / (n_pos n_neg), with average ranks for ties."""
+    both = np.concatenate([positive, negative])
+    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based rank of each distinct value
+    ranks = average_rank[inverse]
+    n = len(positive)
+    return float((ranks[:n].sum() - n * (n + 1) / 2.0) / (n * len(negative)))

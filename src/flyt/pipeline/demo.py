@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from flyt.bench.evaluate import evaluate, summarise_seeds
+from flyt.bench.evaluate import defect_auc, evaluate, summarise_seeds
 from flyt.bench.student import StudentConfig, multiset_indices, train_student, train_students
 from flyt.errors import FlytError
 from flyt.io.arrays import fixed_size_list
@@ -197,6 +197,8 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
         "validation": validation,
         "mflyt_weights": weights,
         "verdict": _verdict(results),
+        # how each score ranks clean pairs above each injected or natural defect (analysis only)
+        "defect_auc": defect_auc(scores, np.asarray(meta.column("defect").to_pylist())) if "defect" in meta.column_names else {},
         "timings_s": timings,
     }
     write_json(summary, out / "results.json")

@@ -122,6 +122,21 @@ def _markdown_html(md: str) -> str:
     return "".join(out)
 
 
+def _defect_table(auc: dict) -> str:
+    """Per score, P(a clean pair scores above a pair with each defect): the scores as defect detectors."""
+    defects = sorted({d for row in auc.values() for d in row})
+    if not defects:
+        return ""
+    head = "".join(f"<th>{html.escape(d)}</th>" for d in defects)
+    body = "".join(
+        f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{row[d]:.2f}</td>" if d in row else "<td></td>" for d in defects) + "</tr>"
+        for c, row in auc.items()
+    )
+    return ("<h2>Which defects each score detects</h2><p>P(a clean pair scores above a pair with the defect), "
+            "from the ground-truth <code>defect</code> column no scorer reads: 0.5 = blind to it, below 0.5 = "
+            "prefers it.</p>" f"<table class='auc'><thead><tr><th>score</th>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
 def write_report(summary: dict, scores: dict, meta, bench_dir: Path, subsets_dir: Path, out: Path) -> None:
     from flyt.pipeline.demo import results_markdown
 
@@ -153,6 +168,7 @@ def write_report(summary: dict, scores: dict, meta, bench_dir: Path, subsets_dir
         "<h1>flyt demo report</h1>",
         _markdown_html(table_md),
         *(f"<h2>{html.escape(t)}</h2><img class='plot' src='{src}' alt='{html.escape(t)}'>" for t, src in figs),
+        _defect_table(summary.get("defect_auc") or {}),
         "<h2>Highest M-FLYT scores</h2><div class='gallery'>" + gallery(top) + "</div>",
         "<h2>Lowest M-FLYT scores</h2><div class='gallery'>" + gallery(bottom) + "</div>",
     ]
