@@ -57,8 +57,8 @@ class DemoConfig:
     seeds: tuple = (0, 1, 2)
     validation_seed: int = 100
     validation_fraction: float = 0.25
-    # Grids placed where validation chose in earlier runs (0.1 and 0.5 were never chosen; 0.5 and 0.02,
-    # the old edges, often were), so the chosen option is rarely at an edge.
+    # Grids placed where validation chose in earlier runs (fraction 0.1 and penalty 0.5 were never chosen;
+    # fraction 0.5 and penalty 0.02, the old edges, often were). Edges are still chosen: docs/demo.md.
     fractions: tuple = (0.2, 0.3, 0.5, 0.7)
     penalties: tuple = (0.01, 0.02, 0.05, 0.15)
     random_fraction: float = 0.3
