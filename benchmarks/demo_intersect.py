@@ -20,8 +20,6 @@ import numpy as np
 import pyarrow as pa
 
 from flyt.io.atomic import write_parquet
-from flyt.io.pool import load_pool
-from flyt.io.tasks import load_task
 from flyt.pipeline import demo as D
 
 QUANTILES = (0.0, 0.1, 0.2, 0.3)
@@ -30,18 +28,10 @@ QUANTILES = (0.0, 0.1, 0.2, 0.3)
 def main() -> None:
     out = Path(sys.argv[1])
     columns = sys.argv[2:] or ["flyt", "mflyt"]
-    cfg = D.DemoConfig(out=out)
-    bench_dir = D._build_benchmark(cfg, print)
-    raw = load_pool(bench_dir / "pool")
-    raw_tasks = [load_task(d) for d in sorted((bench_dir / "tasks").iterdir()) if d.is_dir()]
-    _, val_tasks, test_tasks = D._split_tasks(raw_tasks, cfg)
-    key = D._data_key(bench_dir, cfg)
-    dirs = {"baselines": out / "scores" / f"baselines-{key}"}
-    for prefix in ("flyt", "mflyt"):
-        (dirs[prefix],) = [p for p in (out / "scores").iterdir() if p.name.startswith(f"{prefix}-")]
+    run = D.open_finished(out)
+    cfg, raw, dirs, students = run.cfg, run.raw, run.score_dirs, run.students
     scores = D._read_scores(dirs, raw.uids)
     clip = scores["clip_score"]
-    students = D.StudentRuns(out / "students", key, raw, cfg.student)
     for column in columns:
         options, indices = [], []
         for q in QUANTILES:
@@ -53,12 +43,12 @@ def main() -> None:
             for penalty in cfg.penalties:
                 options.append((q, penalty))
                 indices.append(D._indices(raw, D._draw("masked", ("scs", penalty), {"baselines": dirs["baselines"], "masked": directory}, cfg, len(raw))))
-        val = [r["average"] for r in students.evaluate([(i, cfg.validation_seed) for i in indices], val_tasks, "validation")]
+        val = [r["average"] for r in students.evaluate([(i, cfg.validation_seed) for i in indices], run.val_tasks, "validation")]
         chosen = max(range(len(options)), key=lambda i: val[i])
         plain = max((i for i, o in enumerate(options) if o[0] == 0.0), key=lambda i: val[i])
         test = {}
         for label, i in (("plain_scs", plain), ("chosen", chosen)):
-            acc = [r["average"] for r in students.evaluate([(indices[i], s) for s in cfg.seeds], test_tasks, "test")]
+            acc = [r["average"] for r in students.evaluate([(indices[i], s) for s in cfg.seeds], run.test_tasks, "test")]
             test[label] = {"option": list(options[i]), "mean": round(float(np.mean(acc)), 4), "std": round(float(np.std(acc)), 4)}
         print(json.dumps({"column": column, "val": {f"q={q} penalty={p}": round(a, 4) for (q, p), a in zip(options, val)},
                           "test_chosen_on_val": test}), flush=True)

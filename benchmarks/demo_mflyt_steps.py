@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flyt.io.pool import load_pool
-from flyt.io.tasks import load_task
 from flyt.pipeline import demo as D
 from flyt.pipeline.score import score_pool
 from flyt.train.loop import train
@@ -29,18 +27,11 @@ from flyt.train.loop import train
 
 def main() -> None:
     out, variants = Path(sys.argv[1]), json.loads(sys.argv[2])
-    cfg = D.DemoConfig(out=out)
-    bench_dir = D._build_benchmark(cfg, print)
-    raw = load_pool(bench_dir / "pool")
-    raw_tasks = [load_task(d) for d in sorted((bench_dir / "tasks").iterdir()) if d.is_dir()]
-    _, val_tasks, test_tasks = D._split_tasks(raw_tasks, cfg)
-    key = D._data_key(bench_dir, cfg)
-    teacher_pool = out / f"teacher-{key}" / "pool"
-    teacher_tasks = sorted(str(p) for p in (out / f"teacher-{key}" / "tasks").iterdir())
-    base = out / "scores" / f"baselines-{key}"
-    (flyt_scores,) = [p for p in (out / "scores").iterdir() if p.name.startswith("flyt-")]
-    mix_inputs = [c for c in D.BASELINES if c != "caption_words"] + D.CAPTION_COLUMNS + ["flyt"]
-    students = D.StudentRuns(out / "students", key, raw, cfg.student)
+    demo = D.open_finished(out)
+    cfg, raw, students = demo.cfg, demo.raw, demo.students
+    teacher_pool = demo.teacher_dir / "pool"
+    teacher_tasks = sorted(str(p) for p in (demo.teacher_dir / "tasks").iterdir())
+    base, flyt_scores = demo.score_dirs["baselines"], demo.score_dirs["flyt"]
     options = [("topk", f) for f in cfg.fractions] + [("scs", d) for d in cfg.penalties]
     for variant in variants:
         name = hashlib.sha1(json.dumps(variant, sort_keys=True).encode()).hexdigest()[:8]
@@ -48,7 +39,7 @@ def main() -> None:
         config = {"mode": "mflyt", "pool": str(teacher_pool), "tasks": teacher_tasks, "steps": cfg.mflyt_steps,
                   "upstream_batch": cfg.upstream_batch, "downstream_batch": cfg.downstream_batch,
                   "scorer_lr": cfg.scorer_lr, "reference_lr": cfg.reference_lr, "warmup_steps": 20,
-                  "score_columns": mix_inputs, "scores": [str(base), str(flyt_scores)],
+                  "score_columns": D.MIX_INPUTS, "scores": [str(base), str(flyt_scores)],
                   "checkpoint_every": 10_000, "out": str(run), **variant}
         t = time.perf_counter()
         if not (run / "scorer.pt").is_file():
@@ -60,11 +51,11 @@ def main() -> None:
         weights = dict(zip(mixer["model"]["columns"], mixer["state_dict"]["linear.weight"].reshape(-1).tolist()))
         dirs = {"baselines": base, "mflyt": scores}
         indices = [D._indices(raw, D._draw("mflyt", o, dirs, cfg, len(raw))) for o in options]
-        val = [r["average"] for r in students.evaluate([(i, cfg.validation_seed) for i in indices], val_tasks, "validation")]
+        val = [r["average"] for r in students.evaluate([(i, cfg.validation_seed) for i in indices], demo.val_tasks, "validation")]
         test = {}
         for kind in ("topk", "scs"):
             best = max((i for i, o in enumerate(options) if o[0] == kind), key=lambda i: val[i])
-            runs = students.evaluate([(indices[best], s) for s in cfg.seeds], test_tasks, "test")
+            runs = students.evaluate([(indices[best], s) for s in cfg.seeds], demo.test_tasks, "test")
             acc = [r["average"] for r in runs]
             test[kind] = {"option": list(options[best]), "mean": round(float(np.mean(acc)), 4),
                           "std": round(float(np.std(acc)), 4)}

@@ -46,6 +46,8 @@ BASELINES = {
     "caption_words": "Caption length (words)",
 }
 CAPTION_COLUMNS = ["caption_words", "caption_chars", "caption_non_latin"]
+# M-FLYT's inputs: every baseline score column and FLYT's
+MIX_INPUTS = [c for c in BASELINES if c != "caption_words"] + CAPTION_COLUMNS + ["flyt"]
 
 
 @dataclass
@@ -140,9 +142,8 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
     score_pool(teacher_pool, score_dirs["flyt"], [str(flyt_pt)], progress=False)
     timings["flyt"] = time.perf_counter() - t
     t = time.perf_counter()
-    mix_inputs = [c for c in BASELINES if c != "caption_words"] + CAPTION_COLUMNS + ["flyt"]
     mflyt_pt = _train(cfg, "mflyt", teacher_pool, teacher_tasks, out / "runs", log,
-                      score_columns=mix_inputs, scores=[score_dirs["baselines"], score_dirs["flyt"]])
+                      score_columns=MIX_INPUTS, scores=[score_dirs["baselines"], score_dirs["flyt"]])
     score_dirs["mflyt"] = out / "scores" / mflyt_pt.parent.name
     score_pool(teacher_pool, score_dirs["mflyt"], [str(mflyt_pt)],
                score_dirs=[score_dirs["baselines"], score_dirs["flyt"]], progress=False)
@@ -221,6 +222,38 @@ def _build_benchmark(cfg: DemoConfig, log) -> Path:
 
     summary = build_benchmark(get_encoder("offline"), cache=cfg.cache, log=log)
     return Path(summary["out"])
+
+
+@dataclass
+class FinishedDemo:
+    """A finished full demo's stages, reopened for experiments on top of it (benchmarks/demo_*.py)."""
+
+    cfg: DemoConfig
+    raw: object  # PoolArrays of the benchmark pool
+    val_tasks: list
+    test_tasks: list
+    key: str
+    teacher_dir: Path
+    score_dirs: dict  # baselines, flyt, mflyt -> score directory
+    students: "StudentRuns"
+
+
+def open_finished(out: Path) -> FinishedDemo:
+    """Reopen `flyt demo --out OUT` (full mode, finished): benchmark, splits, teacher, scores, students."""
+    cfg = DemoConfig(out=out)
+    bench_dir = _build_benchmark(cfg, print)
+    raw = load_pool(bench_dir / "pool")
+    raw_tasks = [load_task(d) for d in sorted((bench_dir / "tasks").iterdir()) if d.is_dir()]
+    _, val_tasks, test_tasks = _split_tasks(raw_tasks, cfg)
+    key = _data_key(bench_dir, cfg)
+    dirs = {"baselines": cfg.out / "scores" / f"baselines-{key}"}
+    for prefix in ("flyt", "mflyt"):
+        found = sorted(p for p in (cfg.out / "scores").iterdir() if p.name.startswith(f"{prefix}-"))
+        if len(found) != 1:
+            raise FlytError(f"{cfg.out / 'scores'}: expected one {prefix}-* score directory, found {len(found)}")
+        dirs[prefix] = found[0]
+    return FinishedDemo(cfg, raw, val_tasks, test_tasks, key, cfg.out / f"teacher-{key}", dirs,
+                        StudentRuns(cfg.out / "students", key, raw, cfg.student))
 
 
 def _data_key(bench_dir: Path, cfg: DemoConfig) -> str:
