@@ -26,11 +26,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
 
-    from flyt.bench.assets import cache_dir
     from flyt.bench.build import build_benchmark
     from flyt.bench.evaluate import evaluate_selection
     from flyt.bench.student import StudentConfig
     from flyt.encoders import get_encoder
+    from flyt.io.cache import cache_dir
     from flyt.io.pool import load_pool
     from flyt.io.tasks import load_task
 

@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from flyt.io.atomic import write_parquet
-from flyt.pipeline import demo as D
+from flyt.bench.strategies import SoftCapSampling
+from flyt.io.scores import write_score_shard
+from flyt.pipeline.demo import open_finished
 
 QUANTILES = (0.0, 0.1, 0.2, 0.3)
 
@@ -28,30 +28,33 @@ QUANTILES = (0.0, 0.1, 0.2, 0.3)
 def main() -> None:
     out = Path(sys.argv[1])
     columns = sys.argv[2:] or ["flyt", "mflyt"]
-    run = D.open_finished(out)
-    cfg, raw, dirs, students = run.cfg, run.raw, run.score_dirs, run.students
-    scores = D._read_scores(dirs, raw.uids)
+    run = open_finished(out)
+    cfg, raw, students = run.cfg, run.raw, run.students
+    scores = run.scores()
     clip = scores["clip_score"]
+    scs = SoftCapSampling("masked_scs", "masked score + Soft Cap Sampling", "masked", tuple(cfg.penalties))
     for column in columns:
         options, indices = [], []
         for q in QUANTILES:
             # Excluded pairs get a score so low that SCS never draws them (exp(-1e4) underflows to 0).
             masked = np.where(clip >= np.quantile(clip, q), scores[column], -1e4) if q else scores[column]
             directory = out / "intersect" / f"{column}-q{q}"
-            write_parquet(pa.table({"uid": pa.array(raw.uids, pa.string()), "masked": masked}),
-                          directory / "part-00000.parquet")
-            for penalty in cfg.penalties:
+            write_score_shard(directory, "part-00000", raw.uids, {"masked": masked})
+            context = run.draw_context({"masked": directory})
+            for penalty in scs.options:
                 options.append((q, penalty))
-                indices.append(D._indices(raw, D._draw("masked", ("scs", penalty), {"baselines": dirs["baselines"], "masked": directory}, cfg, len(raw))))
-        val = [r["average"] for r in students.evaluate([(i, cfg.validation_seed) for i in indices], run.val_tasks, "validation")]
+                indices.append(scs.draw(penalty, context).indices(raw.uids))
+        runs = [(i, cfg.validation_seed) for i in indices]
+        val = [r["average"] for r in students.evaluate(runs, run.tasks, "validation")]
         chosen = max(range(len(options)), key=lambda i: val[i])
         plain = max((i for i, o in enumerate(options) if o[0] == 0.0), key=lambda i: val[i])
         test = {}
         for label, i in (("plain_scs", plain), ("chosen", chosen)):
-            acc = [r["average"] for r in students.evaluate([(indices[i], s) for s in cfg.seeds], run.test_tasks, "test")]
-            test[label] = {"option": list(options[i]), "mean": round(float(np.mean(acc)), 4), "std": round(float(np.std(acc)), 4)}
-        print(json.dumps({"column": column, "val": {f"q={q} penalty={p}": round(a, 4) for (q, p), a in zip(options, val)},
-                          "test_chosen_on_val": test}), flush=True)
+            acc = [r["average"] for r in students.evaluate([(indices[i], s) for s in cfg.seeds], run.tasks, "test")]
+            test[label] = {"option": list(options[i]), "mean": round(float(np.mean(acc)), 4),
+                           "std": round(float(np.std(acc)), 4)}
+        val_by_option = {f"q={q} penalty={p}": round(a, 4) for (q, p), a in zip(options, val)}
+        print(json.dumps({"column": column, "val": val_by_option, "test_chosen_on_val": test}), flush=True)
 
 
 if __name__ == "__main__":

@@ -11,58 +11,57 @@ the test accuracy (3 seeds) of the option validation chose. Choose on the "val" 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from flyt.pipeline import demo as D
+from flyt.bench.protocol import MIX_INPUTS
+from flyt.bench.runs import mixer_weights
+from flyt.io.cache import cache_key
+from flyt.pipeline.demo import open_finished, scorer_config
 from flyt.pipeline.score import score_pool
-from flyt.train.loop import train
+from flyt.training.loop import train
 
 
 def main() -> None:
     out, variants = Path(sys.argv[1]), json.loads(sys.argv[2])
-    demo = D.open_finished(out)
+    demo = open_finished(out)
     cfg, raw, students = demo.cfg, demo.raw, demo.students
-    teacher_pool = demo.teacher_dir / "pool"
-    teacher_tasks = sorted(str(p) for p in (demo.teacher_dir / "tasks").iterdir())
     base, flyt_scores = demo.score_dirs["baselines"], demo.score_dirs["flyt"]
-    options = [("topk", f) for f in cfg.fractions] + [("scs", d) for d in cfg.penalties]
+    strategies = demo.strategies()
+    # Every top-fraction and SCS option of M-FLYT's score, as (strategy, option value).
+    options = [(s, v) for s in (strategies["mflyt_topk"], strategies["mflyt_scs"]) for v in s.options]
     for variant in variants:
-        name = hashlib.sha1(json.dumps(variant, sort_keys=True).encode()).hexdigest()[:8]
+        name = cache_key(variant, length=8)
         run = out / "mflyt-variants" / name
-        config = {"mode": "mflyt", "pool": str(teacher_pool), "tasks": teacher_tasks, "steps": cfg.mflyt_steps,
-                  "upstream_batch": cfg.upstream_batch, "downstream_batch": cfg.downstream_batch,
-                  "scorer_lr": cfg.scorer_lr, "reference_lr": cfg.reference_lr, "warmup_steps": 20,
-                  "score_columns": D.MIX_INPUTS, "scores": [str(base), str(flyt_scores)],
+        config = {**scorer_config(cfg, "mflyt", demo.teacher_pool, demo.teacher_tasks, MIX_INPUTS, [base, flyt_scores]),
                   "checkpoint_every": 10_000, "out": str(run), **variant}
         t = time.perf_counter()
         if not (run / "scorer.pt").is_file():
             train(config, progress=False)
         seconds = time.perf_counter() - t
         scores = out / "mflyt-variants" / f"{name}-scores"
-        score_pool(teacher_pool, scores, [str(run / "scorer.pt")], score_dirs=[base, flyt_scores], progress=False)
-        mixer = torch.load(run / "scorer.pt", weights_only=True)
-        weights = dict(zip(mixer["model"]["columns"], mixer["state_dict"]["linear.weight"].reshape(-1).tolist()))
-        dirs = {"baselines": base, "mflyt": scores}
-        indices = [D._indices(raw, D._draw("mflyt", o, dirs, cfg, len(raw))) for o in options]
-        val = [r["average"] for r in students.evaluate([(i, cfg.validation_seed) for i in indices], demo.val_tasks, "validation")]
+        score_pool(demo.teacher_pool, scores, [str(run / "scorer.pt")], score_dirs=[base, flyt_scores], progress=False)
+        weights = mixer_weights(run / "scorer.pt")
+        context = demo.draw_context({"mflyt": scores})
+        indices = [s.draw(v, context).indices(raw.uids) for s, v in options]
+        runs = [(i, cfg.validation_seed) for i in indices]
+        val = [r["average"] for r in students.evaluate(runs, demo.tasks, "validation")]
         test = {}
         for kind in ("topk", "scs"):
-            best = max((i for i, o in enumerate(options) if o[0] == kind), key=lambda i: val[i])
-            runs = students.evaluate([(indices[best], s) for s in cfg.seeds], demo.test_tasks, "test")
+            best = max((i for i, (s, _) in enumerate(options) if s.kind == kind), key=lambda i: val[i])
+            strategy, value = options[best]
+            runs = students.evaluate([(indices[best], seed) for seed in cfg.seeds], demo.tasks, "test")
             acc = [r["average"] for r in runs]
-            test[kind] = {"option": list(options[best]), "mean": round(float(np.mean(acc)), 4),
+            test[kind] = {"option": strategy.option(value), "mean": round(float(np.mean(acc)), 4),
                           "std": round(float(np.std(acc)), 4)}
         print(json.dumps({
             "variant": variant, "train_s": round(seconds, 1),
             "weights": {k: round(w, 3) for k, w in sorted(weights.items(), key=lambda kv: -abs(kv[1]))},
-            "val": {f"{o[0]} {o[1]}": round(a, 4) for o, a in zip(options, val)},
+            "val": {" ".join(map(str, s.option(v))): round(a, 4) for (s, v), a in zip(options, val)},
             "test_chosen_on_val": test,
         }), flush=True)
 

@@ -51,7 +51,7 @@ def inputs(ref, n: int, device, gen):
 
 
 def flyt_step(ref, params, state, psi, scorer, scorer_opt, feats, up, tasks, opt, chunk):
-    from flyt.train.objective import meta_gradient
+    from flyt.training.meta_gradient import meta_gradient
 
     scores = scorer(*feats)
     log_w = torch.log_softmax(scores.float(), dim=0)
@@ -63,13 +63,13 @@ def flyt_step(ref, params, state, psi, scorer, scorer_opt, feats, up, tasks, opt
 
 
 def plain_step(model, optimizer, up, bf16: bool):
-    from flyt.train.objective import clip_loss
+    from flyt.models.losses import clip_loss
 
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
     with ctx:
         image = model.encode_image(up[0], normalize=True)
         text = model.encode_text(up[1], normalize=True)
-        loss = clip_loss(image.float(), text.float(), model.logit_scale)
+        loss = clip_loss(image.float(), text.float(), model.logit_scale.exp())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -88,7 +88,8 @@ def timed(fn, device, repeats: int) -> float:
 def run(model: str, upstream: int, downstream: int, classes: int, repeats: int, device, chunk=None) -> dict:
     from flyt.models.openclip_reference import OpenCLIPReference
     from flyt.models.scoring_head import SwiGLUScorer
-    from flyt.train.objective import AdamWConfig, TaskBatch, adamw_init
+    from flyt.training.downstream import TaskBatch
+    from flyt.training.inner_step import AdamWConfig, adamw_init
 
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
@@ -148,7 +149,8 @@ def main(argv=None) -> int:
         from flyt.models.openclip_reference import TINY_MODEL
 
         args.model, args.upstream, args.downstream, args.classes = TINY_MODEL, 64, 48, 10
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available() and not args.tiny) else "cpu")
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available() and not args.tiny)
+    device = torch.device("cuda" if use_cuda else "cpu")
     up, down = args.upstream, args.downstream
     while True:
         try:

@@ -63,7 +63,7 @@ class PeakMemory:
 
 
 def _sources(rows: int, shard_rows: int, seed: int):
-    from flyt.sample import GeneratedScores
+    from flyt.sampling import GeneratedScores
 
     n_shards = math.ceil(rows / shard_rows)
     return [GeneratedScores(seed, i, min(shard_rows, rows - i * shard_rows)) for i in range(n_shards)]
@@ -71,7 +71,7 @@ def _sources(rows: int, shard_rows: int, seed: int):
 
 def one_race(args) -> dict:
     """SCS with the clock race: select + write the subset."""
-    from flyt.sample import SampleSpec, sample, score_sources, summarize, write_subset
+    from flyt.sampling import SampleSpec, sample, score_sources, summarize, write_subset
 
     total = args.total or args.rows
     spec = SampleSpec("scs", total=total, penalty=args.penalty, seed=args.seed)
@@ -91,7 +91,7 @@ def one_batched(args) -> dict:
     """The authors' procedure on the same pool, a few batches, extrapolated to the full draw."""
     import numpy as np
 
-    from flyt.sample.batched import batched_counts
+    from flyt.sampling.batched import batched_counts
 
     total = args.total or args.rows
     scores = np.concatenate([s.load()[1] for s in _sources(args.rows, args.shard_rows, args.seed)])

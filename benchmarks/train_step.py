@@ -22,9 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from flyt.models.losses import weighted_clip_loss
 from flyt.models.reference import EmbeddingReference
 from flyt.models.scoring_head import SwiGLUScorer
-from flyt.train.objective import AdamWConfig, TaskBatch, adamw_init, adamw_step, meta_gradient, weighted_clip_loss
+from flyt.training.downstream import TaskBatch
+from flyt.training.inner_step import AdamWConfig, adamw_init, adamw_step
+from flyt.training.meta_gradient import meta_gradient
 
 
 def make_problem(args):
@@ -72,7 +75,7 @@ def main():
         theta = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         loss = weighted_clip_loss(
             reference.encode_image(theta, up_img), reference.encode_text(theta, up_txt),
-            theta["logit_scale"], log_w.detach(),
+            theta["logit_scale"].exp(), log_w.detach(),
         )
         grads = dict(zip(theta, torch.autograd.grad(loss, list(theta.values()))))
         with torch.no_grad():

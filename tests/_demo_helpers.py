@@ -87,7 +87,8 @@ def write_tiny_assets(cache, per_source: int = POOL_PER_SOURCE) -> None:
         {"key": str(i), "image": shape_png(names[i % 3], SHAPES[i % 3], jitter=i), "text": "x", "group": groups[i % 3]}
         for i in range(36)])
     _write_rendered(cache, "fluent", [
-        {"key": str(i), "image": shape_png(names[3 + i % 2], SHAPES[i % 2], jitter=i), "text": "x", "subgroup": f"sub-{i % 2}"}
+        {"key": str(i), "image": shape_png(names[3 + i % 2], SHAPES[i % 2], jitter=i), "text": "x",
+         "subgroup": f"sub-{i % 2}"}
         for i in range(40)])
     _write_rendered(cache, "fashion_mnist", [
         {"key": str(i), "image": shape_png(names[i % 6], SHAPES[i % 4], jitter=i), "text": "x",

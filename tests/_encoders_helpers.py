@@ -6,7 +6,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from flyt.encoders.base import Encoder, normalise_rows
+from flyt.encoders.base import Encoder
+from flyt.io.arrays import l2_normalise
 
 
 class FakeEncoder(Encoder):
@@ -26,7 +27,7 @@ class FakeEncoder(Encoder):
         for img in images:
             a = np.asarray(img.convert("RGB").resize((8, 8)), dtype=np.float32) / 255.0
             rows.append(np.concatenate([a.mean((0, 1)), a.std((0, 1)), [a.max(), 1.0]]))
-        return normalise_rows(np.array(rows, dtype=np.float32).reshape(len(images), self.image_dim))
+        return l2_normalise(np.array(rows, dtype=np.float32).reshape(len(images), self.image_dim))
 
     def encode_texts(self, texts):
         self.text_calls += len(texts)
@@ -35,7 +36,7 @@ class FakeEncoder(Encoder):
             for w in t.lower().split() or [""]:
                 out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % self.text_dim] += 1
             out[i, 0] += 0.1
-        return normalise_rows(out)
+        return l2_normalise(out)
 
 
 def png(color, size=16, mode="RGB") -> bytes:

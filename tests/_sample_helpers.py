@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flyt.io.uids import UID_DTYPE, random_uids
-from flyt.sample import ArrayScores, SampleSpec, sample
+from flyt.sampling import ArrayScores, SampleSpec, sample
 
 
 def write_scores(directory: Path, uids, scores, shards: int = 1, names=None, column: str = "clip") -> Path:

@@ -14,9 +14,9 @@ from flyt.bench.evaluate import evaluate_selection
 from flyt.bench.pool import PoolConfig, build_pairs, composition, natural_defect
 from flyt.bench.student import StudentConfig
 from flyt.bench.tasks import build_task_specs, stratified_split
-from flyt.encoders import decode_image
 from flyt.errors import FlytError
 from flyt.io.atomic import write_json, write_parquet
+from flyt.io.images import decode_image
 from flyt.io.pool import load_pool
 from flyt.io.tasks import load_task
 
@@ -74,10 +74,13 @@ def _fake_cache(cache, n=40):
         _write_rendered(cache, s, rows)
     groups = list(__import__("flyt.bench.tasks", fromlist=["x"]).OPENMOJI_GROUPS)[:3]
     _write_rendered(cache, "openmoji", [{"key": str(i), "image": png(colours()), "text": "x", "group": groups[i % 3]} for i in range(30)])
-    _write_rendered(cache, "fluent", [{"key": str(i), "image": png(colours()), "text": "x", "subgroup": f"sub-{i % 2}"} for i in range(50)])
+    _write_rendered(cache, "fluent", [{"key": str(i), "image": png(colours()), "text": "x", "subgroup": f"sub-{i % 2}"}
+                                      for i in range(50)])
     _write_rendered(cache, "fashion_mnist", [{"key": str(i), "image": png(colours()), "text": "x",
-                                              "group": assets.FASHION_CLASSES[i % 10], "subgroup": "train" if i < 40 else "test"} for i in range(60)])
-    _write_rendered(cache, "digits", [{"key": str(i), "image": png(colours()), "text": str(i % 10), "group": str(i % 10)} for i in range(40)])
+                                              "group": assets.FASHION_CLASSES[i % 10],
+                                              "subgroup": "train" if i < 40 else "test"} for i in range(60)])
+    _write_rendered(cache, "digits", [{"key": str(i), "image": png(colours()), "text": str(i % 10), "group": str(i % 10)}
+                                      for i in range(40)])
     for step in [f"deb:{p}" for p in assets.DEBS] + ["npm"] + [assets.render_step(s) for s in assets.SOURCES]:
         write_json({"seconds": 0.0}, assets._marker(cache, step))
 

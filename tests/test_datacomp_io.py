@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from tests._score_helpers import make_datacomp_pool
 
 from flyt.errors import FlytError
 from flyt.io.datacomp import DataCompEmbeddings, NpyMember, datacomp_stems
-from tests._score_helpers import make_datacomp_pool
 
 
 @pytest.mark.parametrize("compress", [False, True])

@@ -9,9 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from _demo_helpers import POOL_PER_SOURCE, SEEDS, STUDENT_SAMPLES, tiny_config, tiny_demo_run
+from flyt.bench.strategies import BASELINES
 from flyt.io.pool import load_pool
 from flyt.io.uids import UID_DTYPE, uids_to_pairs
-from flyt.pipeline.demo import BASELINES, run_demo
+from flyt.pipeline.demo import run_demo
 
 STRATEGIES = {"no_filter", "random", *BASELINES, "flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs"}
 TASKS = ["digits", "fashion_mnist", "fluent_subgroups", "openmoji_groups"]
@@ -132,7 +133,8 @@ def test_changed_training_settings_do_not_reuse_a_cached_scorer(demo, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(out, other)
     lines = []
-    run_demo(replace(tiny_config(other, bench), flyt_steps=tiny_config(other, bench).flyt_steps + 1), printer=lines.append)
+    cfg = tiny_config(other, bench)
+    run_demo(replace(cfg, flyt_steps=cfg.flyt_steps + 1), printer=lines.append)
     text = "\n".join(lines)
     assert "teacher space cached" in text and "flyt: trained" in text and "mflyt: trained" in text
     assert len(list((other / "runs").glob("flyt-*/scorer.pt"))) == 2

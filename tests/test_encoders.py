@@ -9,12 +9,14 @@ import pytest
 
 from _encoders_helpers import FakeEncoder, png
 from flyt.cli.main import main
-from flyt.encoders import decode_image, get_encoder
+from flyt.encoders import get_encoder
 from flyt.encoders.cache import CachedEncoder
-from flyt.encoders.embed import content_uid, embed_pairs, read_pairs, read_task_input, write_task
+from flyt.encoders.embed import embed_pairs, embed_task, read_pairs, read_task_input
 from flyt.errors import FlytError
+from flyt.io.images import decode_image
 from flyt.io.pool import load_pool
 from flyt.io.tasks import load_task
+from flyt.io.uids import content_uid
 
 
 def test_cache_encodes_each_content_once_and_persists(tmp_path):
@@ -85,7 +87,7 @@ def test_embed_pairs_rejects_duplicate_content(tmp_path):
 
 def test_read_pairs_from_image_folder(tmp_path):
     (tmp_path / "imgs").mkdir()
-    for i, c in enumerate(["red", "blue"]):
+    for c in ["red", "blue"]:
         (tmp_path / "imgs" / f"{c}.png").write_bytes(png(c))
         (tmp_path / "imgs" / f"{c}.txt").write_text(f"a {c} square\nsecond line")
     table, images = read_pairs(tmp_path / "imgs")
@@ -98,16 +100,16 @@ def test_read_pairs_from_image_folder(tmp_path):
 def test_task_roundtrip_through_io_tasks(tmp_path):
     enc = CachedEncoder(FakeEncoder())
     splits = {"train": ([png("red"), png("blue"), png("red", 20)], [0, 1, 0]), "test": ([png("blue", 12)], [1])}
-    write_task(tmp_path / "t", ["red thing", "blue thing"], ["a {c}.", "the {c}"], splits, enc)
+    embed_task(tmp_path / "t", ["red thing", "blue thing"], ["a {c}.", "the {c}"], splits, enc)
     task = load_task(tmp_path / "t")
     assert task.classnames == ["red thing", "blue thing"] and task.prompts.shape == (2, 2, 6)
     assert task.train.labels.tolist() == [0, 1, 0] and task.test.images.shape == (1, 8)
     direct = FakeEncoder().encode_texts(["the blue thing"])[0]
     np.testing.assert_allclose(task.prompts[1, 1], direct, atol=1e-6)
     with pytest.raises(FlytError, match="out of range"):
-        write_task(tmp_path / "u", ["a"], ["{c}"], {"train": ([png("red")], [3])}, enc)
+        embed_task(tmp_path / "u", ["a"], ["{c}"], {"train": ([png("red")], [3])}, enc)
     with pytest.raises(FlytError, match="has no '\\{c\\}'"):
-        write_task(tmp_path / "u", ["a"], ["no slot"], {"train": ([png("red")], [0])}, enc)
+        embed_task(tmp_path / "u", ["a"], ["no slot"], {"train": ([png("red")], [0])}, enc)
 
 
 def test_encoder_names(monkeypatch):

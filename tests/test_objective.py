@@ -7,21 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _train_oracles import downstream_after_step, meta_gradient_double_backward
+from flyt.models.losses import WeightedClipHead, clip_loss, weighted_clip_loss
 from flyt.models.mixing import ScoreMixer
 from flyt.models.reference import EmbeddingReference
 from flyt.models.scoring_head import SwiGLUScorer
-from flyt.train.objective import (
-    AdamWConfig,
-    TaskBatch,
-    adamw_init,
-    adamw_step,
-    clip_loss,
-    downstream_after_step,
-    meta_gradient,
-    meta_gradient_double_backward,
-    sgd_step,
-    weighted_clip_loss,
-)
+from flyt.training.downstream import TaskBatch
+from flyt.training.inner_step import AdamWConfig, adamw_init, adamw_step, sgd_step
+from flyt.training.meta_gradient import meta_gradient
 
 D = torch.float64
 
@@ -118,10 +111,11 @@ def test_scorer_gradient_is_the_true_meta_gradient(update_reference, num_tasks):
 
 
 def features(n=8, d=6, seed=1):
+    """Normalised features and the exponentiated logit scale s = exp(2.3) (open_clip's loss argument)."""
     g = torch.Generator().manual_seed(seed)
     I = F.normalize(torch.randn(n, d, generator=g, dtype=D), dim=-1)
     T = F.normalize(torch.randn(n, d, generator=g, dtype=D), dim=-1)
-    return I, T, torch.tensor(2.3, dtype=D)
+    return I, T, torch.tensor(2.3, dtype=D).exp()
 
 
 def test_uniform_weights_on_subset_give_clip_loss_of_subset():
@@ -143,7 +137,7 @@ def test_zero_weight_examples_change_neither_loss_nor_gradients():
 
     def loss_and_grads(img, txt):
         p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-        loss = weighted_clip_loss(ref.encode_image(p, img), ref.encode_text(p, txt), p["logit_scale"], log_w)
+        loss = weighted_clip_loss(ref.encode_image(p, img), ref.encode_text(p, txt), p["logit_scale"].exp(), log_w)
         return loss, torch.autograd.grad(loss, list(p.values()))
 
     loss_a, grads_a = loss_and_grads(I, T)
@@ -213,8 +207,6 @@ def test_score_mixer_standardises_with_pool_statistics():
 
 
 def test_weighted_clip_head_closed_forms_match_autograd():
-    from flyt.train.objective import WeightedClipHead
-
     I, T, t = features(n=9, d=5, seed=4)
     log_w = torch.log_softmax(torch.randn(9, dtype=D), 0)
     log_w[3] = -math.inf  # a zero weight too
@@ -241,7 +233,7 @@ def test_forward_mode_ad_prints_no_torch_deprecation_warning():
     import subprocess
     import sys
 
-    code = ("import torch, flyt.train.objective\nfrom torch.func import jvp\n"
+    code = ("import torch, flyt.training.meta_gradient\nfrom torch.func import jvp\n"
             "jvp(lambda x: 2 * x, (torch.ones(2),), (torch.ones(2),))\n")
     done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -3,10 +3,10 @@
 import sys
 
 import pytest
-from _openclip_helpers import make_pool_wds
 
+from _openclip_helpers import make_pool_wds
 from flyt.cli.main import main
-from flyt.encoders.base import get_encoder
+from flyt.encoders import get_encoder
 from flyt.encoders.openclip import parse_spec
 from flyt.errors import FlytError, MissingDependency
 

@@ -7,14 +7,11 @@ import torch
 
 open_clip = pytest.importorskip("open_clip")
 
+from _train_oracles import downstream_after_step, meta_gradient_double_backward  # noqa: E402
 from flyt.models.openclip_reference import TINY_MODEL, OpenCLIPReference  # noqa: E402
-from flyt.train.objective import (  # noqa: E402
-    AdamWConfig,
-    TaskBatch,
-    downstream_after_step,
-    meta_gradient,
-    meta_gradient_double_backward,
-)
+from flyt.training.downstream import TaskBatch  # noqa: E402
+from flyt.training.inner_step import AdamWConfig  # noqa: E402
+from flyt.training.meta_gradient import meta_gradient  # noqa: E402
 
 D = torch.float64
 

@@ -15,12 +15,11 @@ import yaml
 pytest.importorskip("open_clip")
 
 from _openclip_helpers import make_pool_wds, make_task_wds, png  # noqa: E402
-
 from flyt.cli.main import main  # noqa: E402
-from flyt.encoders.embed import content_uid  # noqa: E402
 from flyt.errors import FlytError  # noqa: E402
-from flyt.train.config import load_config, validate  # noqa: E402
-from flyt.train.loop import build_scorer, train  # noqa: E402
+from flyt.io.uids import content_uid  # noqa: E402
+from flyt.training.config import TrainConfig, load_config  # noqa: E402
+from flyt.training.loop import build_scorer, train  # noqa: E402
 
 ENCODER = "openclip:flyt-tiny-vit"
 
@@ -42,8 +41,8 @@ def config(root: Path, out: Path, **extra) -> dict:
     cfg = {
         "pool": str(root / "pool"),
         "tasks": [str(root / "task_wds")],
-        "reference": {"kind": "openclip", "model": "flyt-tiny-vit", "pool_shards": [str(root / "wds" / "{00000..00001}.tar")],
-                      "device": "cpu"},
+        "reference": {"kind": "openclip", "model": "flyt-tiny-vit",
+                      "pool_shards": [str(root / "wds" / "{00000..00001}.tar")], "device": "cpu"},
         "steps": 3, "warmup_steps": 1, "upstream_batch": 9, "downstream_batch": 7,
         "reference_lr": 1e-3, "scorer_lr": 1e-2, "dtype": "float64", "checkpoint_every": 1, "out": str(out),
     }
@@ -114,7 +113,7 @@ def test_two_process_gloo_equals_one_process(data, tmp_path, kind):
     # the scorer really moved (the comparison is not between two untouched inits)
     assert not any(r["skipped"] for r in rows_one)
     torch.manual_seed(0)
-    init = build_scorer(validate(config(data, one, **extra)), None, 32, 32).state_dict()
+    init = build_scorer(TrainConfig.from_dict(config(data, one, **extra)), None, 32, 32).state_dict()
     final = scorer_state(one)["state_dict"]
     assert max(float((final[k] - init[k]).abs().max()) for k in init) > 1e-3
 

@@ -207,7 +207,7 @@ def test_help_lists_every_option(capsys):
 
 
 def test_parquet_subsample_stride_does_not_change_the_draw(tmp_path, pool, monkeypatch):
-    from flyt.sample import select as select_mod
+    from flyt.sampling import select as select_mod
 
     uids, scores = pool
     d = write_scores(tmp_path / "s", uids, scores, shards=3)

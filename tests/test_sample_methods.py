@@ -9,11 +9,11 @@ import pytest
 from _sample_helpers import counting_pairs, small_pool
 from flyt.errors import FlytError
 from flyt.io.uids import UID_DTYPE, uids_to_pairs
-from flyt.sample import ArrayScores, SampleSpec, sample
-from flyt.sample import select as select_mod
-from flyt.sample.randomness import exponentials, fingerprint, seed_keys
-from flyt.sample.select import uid_order
-from flyt.sample.sources import arrow_uid_pairs
+from flyt.sampling import ArrayScores, SampleSpec, sample
+from flyt.sampling import select as select_mod
+from flyt.sampling.randomness import exponentials, fingerprint, seed_keys
+from flyt.sampling.select import uid_order
+from flyt.sampling.sources import arrow_uid_pairs
 
 
 def _direct_race(pairs, scores, total, delta, cap, temperature, seed, max_k=60):

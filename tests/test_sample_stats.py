@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 
 from _sample_helpers import bonferroni_bound, race_counts, sequential_counts, z_scores
-from flyt.sample.batched import batched_counts
+from flyt.sampling.batched import batched_counts
 
 SCORES = np.array([0.0, 0.5, 1.0, -1.0, 2.0, 0.3, -0.4, 1.5])
 R = 1500

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from tests._score_helpers import make_datacomp_pool, make_flyt_pool, make_task
 
 from flyt.cli.main import main
-from tests._score_helpers import make_datacomp_pool, make_flyt_pool, make_task
 
 
 def run(capsys, *args):

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from tests._score_helpers import make_flyt_pool, make_task
 
 from flyt.engines import get_map_shards
 from flyt.errors import FlytError
 from flyt.pipeline.score import score_pool
 from flyt.scorers import ScorerOptions
-from tests._score_helpers import make_flyt_pool, make_task
 
 SCORERS = ["clip_score", "negclip_loss", "normsim_inf", "normsim_2", "caption"]
 

@@ -5,15 +5,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from tests._score_helpers import make_datacomp_pool, make_flyt_pool, make_task, unit
 
 from flyt.cli.main import main
 from flyt.io.datacomp import write_datacomp_shard
+from flyt.io.pool import pool_shards as list_sources
 from flyt.pipeline.score import PoolContext, score_pool
-from flyt.pipeline.shards import list_sources
 from flyt.scorers import ScorerOptions
 from flyt.scorers.clip import negclip_loss
 from flyt.scorers.normsim import normsim
-from tests._score_helpers import make_datacomp_pool, make_flyt_pool, make_task, unit
 
 
 def read_scores(directory) -> dict:

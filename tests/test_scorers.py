@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from tests._score_helpers import unit
 
 from flyt.errors import FlytError
 from flyt.scorers import ScorerOptions, make_scorer, make_scorers
@@ -12,7 +13,6 @@ from flyt.scorers.classifier import LinearProbe
 from flyt.scorers.clip import clip_score, negclip_loss
 from flyt.scorers.image_based import nearest_centroid
 from flyt.scorers.normsim import normsim
-from tests._score_helpers import unit
 
 
 def test_clip_score_is_cosine():

@@ -113,7 +113,7 @@ def test_killed_run_resumes_to_the_same_scorer(planted, tmp_path):
 
 def test_non_finite_step_is_skipped(planted, tmp_path, monkeypatch):
     """A step whose meta-gradient is not finite changes neither the scorer nor the reference."""
-    import flyt.train.loop as loop
+    import flyt.training.loop as loop
 
     real = loop.meta_gradient
     calls = {"n": 0}

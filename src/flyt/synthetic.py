@@ -13,10 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from flyt.io.arrays import fixed_size_list
-from flyt.io.atomic import write_parquet
+from flyt.io.arrays import l2_normalise
+from flyt.io.pool import IMAGE, TEXT, write_pool_shard
 from flyt.io.tasks import write_task as write_task_dir
 from flyt.io.uids import random_uids
 
@@ -24,11 +23,13 @@ KINDS = ("good", "misaligned", "off_domain")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+    """Unit vectors along the last axis, any leading shape (float32, like every embedding)."""
+    return l2_normalise(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
 class PlantedWorld:
-    def __init__(self, dim: int = 16, num_classes: int = 6, num_off_domain: int = 6, noise: float = 0.15, seed: int = 0):
+    def __init__(self, dim: int = 16, num_classes: int = 6, num_off_domain: int = 6, noise: float = 0.15,
+                 seed: int = 0):
         self.rng = np.random.default_rng(seed)
         self.dim, self.noise = dim, noise
         self.class_centres = _unit(self.rng.standard_normal((num_classes, dim)))
@@ -74,20 +75,16 @@ class PlantedWorld:
 
 
 def write_pool(pool: dict, directory, num_shards: int = 1, prefix: str = "shard") -> list[Path]:
-    """Write a generated pool as flyt pool shards (fixed-size-list float32 embeddings)."""
+    """Write a generated pool as flyt pool shards ``<prefix>00000.parquet``... (uid, embeddings,
+    then the other fields in order); rows split into ``num_shards`` near-equal runs."""
     directory = Path(directory)
-    n = len(pool["uid"])
-    bounds = np.linspace(0, n, num_shards + 1).astype(int)
+    bounds = np.linspace(0, len(pool["uid"]), num_shards + 1).astype(int)
     paths = []
     for s in range(num_shards):
         a, b = bounds[s], bounds[s + 1]
-        cols = {}
-        for key, values in pool.items():
-            v = values[a:b]
-            cols[key] = fixed_size_list(v) if np.asarray(v).ndim == 2 else pa.array(v)
-        path = directory / f"{prefix}{s:05d}.parquet"
-        write_parquet(pa.table(cols), path)
-        paths.append(path)
+        rest = {k: v[a:b] for k, v in pool.items() if k not in ("uid", IMAGE, TEXT)}
+        paths.append(write_pool_shard(directory / f"{prefix}{s:05d}.parquet", pool["uid"][a:b],
+                                      pool[IMAGE][a:b], pool[TEXT][a:b], rest))
     return paths
 
 

@@ -13,7 +13,6 @@ import gzip
 import io
 import json
 import multiprocessing
-import os
 import re
 import shutil
 import signal
@@ -26,6 +25,7 @@ import pyarrow as pa
 
 from flyt.errors import FlytError, require
 from flyt.io.atomic import write_json, write_parquet
+from flyt.io.cache import cache_dir
 
 RENDER_SIZE = 96
 
@@ -50,13 +50,6 @@ RENDERED_SCHEMA = pa.schema(
         ("alt_texts", pa.list_(pa.string())),  # other captions (e.g. translations)
     ]
 )
-
-
-def cache_dir(path=None) -> Path:
-    """The cache directory: ``path``, else $FLYT_CACHE, else ~/.cache/flyt."""
-    if path is None:
-        path = os.environ.get("FLYT_CACHE") or Path.home() / ".cache" / "flyt"
-    return Path(path).expanduser()
 
 
 def _marker(cache: Path, step: str) -> Path:
@@ -463,7 +456,8 @@ def prepare(cache=None, sources=None, workers: int = 2, log=print) -> dict:
         raise FlytError(f"unknown asset source '{unknown[0]}' (choose from: {', '.join(SOURCES)})")
     timings = fetch(cache, {n for s in sources for n in NEEDS[s]}, log)
     for name in sources:
-        timings[f"render:{name}"] = _step(cache, render_step(name), lambda n=name: render_source(cache, n, workers=workers), log)
+        timings[f"render:{name}"] = _step(cache, render_step(name),
+                                          lambda n=name: render_source(cache, n, workers=workers), log)
     return timings
 
 

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from flyt.bench.assets import POOL_SOURCES, TASK_SOURCES, cache_dir, prepare, render_step
+from flyt.bench.assets import POOL_SOURCES, TASK_SOURCES, prepare, render_step
 from flyt.bench.pool import PoolConfig, build_pairs, composition
 from flyt.bench.tasks import build_task_specs, describe
 from flyt.encoders.base import Encoder
 from flyt.encoders.cache import CachedEncoder, sha1_bytes
-from flyt.encoders.embed import embed_pairs, write_task
+from flyt.encoders.embed import embed_pairs, embed_task
 from flyt.io.atomic import write_json, write_parquet
+from flyt.io.cache import cache_dir
 
 
 def default_out(cache, encoder: Encoder) -> Path:
@@ -79,7 +80,7 @@ def build_benchmark(
     specs = build_task_specs(cache, seed=pool_config.seed, limit=task_limit)
     for spec in specs:
         extra = {k: {"image_sha1": [sha1_bytes(b) for b in v[0]]} for k, v in spec.splits.items()}
-        write_task(out / "tasks" / spec.name, spec.classnames, spec.templates, spec.splits, cached, extra)
+        embed_task(out / "tasks" / spec.name, spec.classnames, spec.templates, spec.splits, cached, extra)
     timings["embed_tasks_s"] = round(time.perf_counter() - t0, 2)
 
     summary = {
@@ -108,7 +109,8 @@ def load_benchmark(out) -> dict:
     by name), ``truth`` (Arrow table uid, text, source, defect, image_sha1 in pool order) and
     ``summary`` (benchmark.json). Thumbnails stay on disk: ``out/thumbnails.parquet``."""
     from flyt.errors import FlytError
-    from flyt.io.pool import load_pool, read_table
+    from flyt.io.parquet import read_table
+    from flyt.io.pool import load_pool
     from flyt.io.tasks import load_task
 
     out = Path(out)

@@ -1,4 +1,4 @@
-"""Zero-shot evaluation of students on task test splits, and the several-seeds protocol."""
+"""Zero-shot evaluation of students on a task split (test or validation), and the several-seeds protocol."""
 
 from __future__ import annotations
 
@@ -22,10 +22,8 @@ def zeroshot_weights(student: Student, prompts: np.ndarray) -> torch.Tensor:
 
 
 def zeroshot_accuracy(student: Student, task: Task, split: str = "test") -> float:
-    """Top-1 accuracy of the zero-shot classifier on a task split."""
-    data = getattr(task, split)
-    if data is None:
-        raise FlytError(f"task {task.name}: has no {split} split")
+    """Top-1 accuracy of the zero-shot classifier on a task split (``test``, or ``validation``)."""
+    data = task.split(split)
     classifier = zeroshot_weights(student, task.prompts)
     with torch.no_grad():
         image = student.encode_image(torch.from_numpy(np.ascontiguousarray(data.images, dtype=np.float32)))
@@ -34,7 +32,7 @@ def zeroshot_accuracy(student: Student, task: Task, split: str = "test") -> floa
 
 
 def evaluate(student: Student, tasks: list[Task], split: str = "test") -> dict:
-    """Per-task accuracy and their unweighted average (``"average"``)."""
+    """Per-task accuracy on the split named ``split`` and their unweighted average (``"average"``)."""
     if not tasks:
         raise FlytError("no tasks to evaluate on")
     out = {t.name: zeroshot_accuracy(student, t, split) for t in tasks}

@@ -23,12 +23,13 @@ import pyarrow as pa
 
 from flyt.bench.assets import POOL_SOURCES, load_rendered
 from flyt.encoders.cache import sha1_bytes
-from flyt.encoders.embed import content_uid
+from flyt.io.uids import content_uid
 
 DEFECTS = ["none", "foreign", "filename", "boilerplate", "swapped", "duplicate"]
 
 _BOILERPLATE = re.compile(
-    r"(part of the .*collection|open clip ?art|openclipart|clip ?art library|untitled|^image\s*\d*$|^drawing\s*\d*$|^layer\s*\d*$|^svg\s*\d*$)",
+    r"(part of the .*collection|open clip ?art|openclipart|clip ?art library|untitled"
+    r"|^image\s*\d*$|^drawing\s*\d*$|^layer\s*\d*$|^svg\s*\d*$)",
     re.I,
 )
 _WORDLESS = re.compile(r"^[\w.+@#-]*$")  # no spaces: an identifier or file name
@@ -121,7 +122,8 @@ def composition(table: pa.Table) -> dict:
     out = {"rows": len(src), "by_source": {}, "by_defect": {}, "by_source_defect": {}}
     for s in sorted(set(src.tolist())):
         out["by_source"][s] = int((src == s).sum())
-        out["by_source_defect"][s] = {d: int(((src == s) & (dfc == d)).sum()) for d in DEFECTS if ((src == s) & (dfc == d)).any()}
+        counts = {d: int(((src == s) & (dfc == d)).sum()) for d in DEFECTS}
+        out["by_source_defect"][s] = {d: c for d, c in counts.items() if c}
     for d in DEFECTS:
         out["by_defect"][d] = int((dfc == d).sum())
     return out

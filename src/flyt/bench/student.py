@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from flyt.errors import FlytError
 from flyt.io.uids import UID_DTYPE, pairs_to_uids, uids_to_pairs
+from flyt.training.schedule import cosine_lr
 
 
 @dataclass
@@ -47,13 +48,6 @@ class Student(torch.nn.Module):
 
     def encode_text(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_proj(x), dim=-1)
-
-
-def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE of normalised features (open_clip's ClipLoss, one process)."""
-    logits = logit_scale.exp() * image @ text.T
-    target = torch.arange(len(image))
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 def multiset_indices(pool_uids: np.ndarray, selection) -> np.ndarray:
@@ -119,7 +113,9 @@ def batches(indices: np.ndarray, config: StudentConfig, seed: int):
         buf, budget = buf[take:], budget - take
 
 
-def train_student(image: np.ndarray, text: np.ndarray, indices: np.ndarray, config: StudentConfig = StudentConfig(), seed: int = 0) -> Student:
+def train_student(
+    image: np.ndarray, text: np.ndarray, indices: np.ndarray, config: StudentConfig = StudentConfig(), seed: int = 0
+) -> Student:
     """Train a student on rows ``indices`` (a multiset) of the pool's (image, text) embeddings."""
     return train_students(image, text, [(indices, seed)], config)[0]
 
@@ -148,17 +144,11 @@ def train_students(image: np.ndarray, text: np.ndarray, runs: list, config: Stud
     )
     steps = math.ceil(config.samples_seen / config.batch_size)
 
-    def lr_at(step):  # linear warm-up, then cosine to zero
-        if step < config.warmup_steps:
-            return config.lr * (step + 1) / config.warmup_steps
-        t = (step - config.warmup_steps) / max(1, steps - config.warmup_steps)
-        return 0.5 * config.lr * (1 + math.cos(math.pi * t))
-
     streams = [batches(np.asarray(idx, dtype=np.int64), config, seed) for idx, seed in runs]
     labels = None
     for step, rows in enumerate(zip(*streams)):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = cosine_lr(step, config.lr, config.warmup_steps, steps)  # warm-up, then cosine to zero
         rows = torch.from_numpy(np.stack(rows))  # (K, B): every stream yields the same batch sizes
         img = F.normalize(torch.bmm(image_t[rows], w_img), dim=-1)
         txt = F.normalize(torch.bmm(text_t[rows], w_txt), dim=-1)

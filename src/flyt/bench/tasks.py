@@ -122,16 +122,19 @@ def build_task_specs(cache, seed: int = 0, test_fraction: float = 0.5, limit: in
 
     fm = rendered("fashion_mnist")
     label_of = {c: i for i, c in enumerate(FASHION_CLASSES)}
-    groups, subs, images = fm.column("group").to_pylist(), fm.column("subgroup").to_pylist(), fm.column("image").to_pylist()
+    groups, subs = fm.column("group").to_pylist(), fm.column("subgroup").to_pylist()
+    images = fm.column("image").to_pylist()
     spec = TaskSpec("fashion_mnist", list(FASHION_CLASSES), PHOTO_TEMPLATES)
     for split in ("train", "test"):
         rows = [i for i, s in enumerate(subs) if s == split]
-        spec.splits[split] = ([images[i] for i in rows], np.asarray([label_of[groups[i]] for i in rows], dtype=np.int64))
+        labels = np.asarray([label_of[groups[i]] for i in rows], dtype=np.int64)
+        spec.splits[split] = ([images[i] for i in rows], labels)
     specs.append(spec)
 
     dg = rendered("digits")
     labels = np.asarray([int(g) for g in dg.column("group").to_pylist()])
-    specs.append(_split_spec("digits", DIGIT_NAMES, DIGIT_TEMPLATES, dg.column("image").to_pylist(), labels, test_fraction, seed))
+    images = dg.column("image").to_pylist()
+    specs.append(_split_spec("digits", DIGIT_NAMES, DIGIT_TEMPLATES, images, labels, test_fraction, seed))
     return specs
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -23,11 +21,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from flyt.pipeline.demo import DemoConfig, run_demo
+    from flyt.api.demo import demo
 
-    summary = run_demo(DemoConfig(out=args.out, quick=args.quick, cache=args.cache))
-    from flyt.pipeline.demo import results_markdown
-
-    print(results_markdown(summary))
+    result = demo(out=args.out, quick=args.quick, cache=args.cache)
+    print(result.markdown.read_text())
     return 0

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from flyt.errors import FlytError
 
 HELP = "turn per-example scores into the pretraining subset (SCS, HCS, top-k, threshold)"
 
@@ -20,7 +17,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--scores", required=True, metavar="DIR", help="directory of score (or pool) parquet shards with 'uid' and COL")
     p.add_argument("--column", required=True, metavar="COL", help="score column to sample by (logits: higher = better)")
     p.add_argument("--method", required=True, choices=["scs", "hcs", "topk", "threshold"],
-                   help="scs: Soft Cap Sampling; hcs: Hard Cap Sampling; topk: best fraction/count once each; threshold: score >= X once each")
+                   help="scs: Soft Cap Sampling; hcs: Hard Cap Sampling; topk: best fraction/count once each; "
+                   "threshold: score >= X once each")
     p.add_argument("--total", type=int, metavar="N", help="scs/hcs: number of draws (samples seen); topk/threshold: samples-seen budget")
     p.add_argument("--penalty", type=float, metavar="D", help="scs: logit drop per draw (paper: 0.15, 0.25)")
     p.add_argument("--cap", type=int, metavar="K", help="hcs: max copies per example (also allowed as an extra cap for scs)")
@@ -41,22 +39,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flyt.sample import SampleSpec, sample, score_sources, summarize, write_subset
+    from flyt.api.sample import SampleConfig, sample
 
-    out = Path(args.out)
-    if out.suffix != ".npy":
-        raise FlytError(f"--out must name a .npy file, got {out}")
-    spec = SampleSpec(
-        method=args.method, total=args.total, penalty=args.penalty, cap=args.cap,
-        temperature=args.temperature, fraction=args.fraction, count=args.count,
-        threshold=args.threshold, batch=args.batch, budget=args.budget, seed=args.seed,
-    ).validate()
-    sources = score_sources(args.scores, args.column)
-    result = sample(spec, sources, engine=args.engine, workers=args.workers)
-    summary = summarize(spec, result, column=args.column, scores=str(args.scores))
-    write_subset(out, result.pairs, result.counts, summary, args.counts_parquet)
-    print(
-        f"flyt sample: {summary['total']} draws of {summary['unique']} unique uids "
-        f"(max {summary['max_count']} copies) from {summary['pool_rows']} rows -> {out}"
-    )
+    fields = {k: getattr(args, k) for k in SampleConfig.__dataclass_fields__}
+    result = sample(SampleConfig(**fields))
+    print(f"flyt sample: {result.line()}")
     return 0

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from flyt.errors import FlytError
-
 
 def add_parser(subparsers) -> None:
     from flyt.scorers.registry import SCORERS, ScorerOptions
@@ -51,29 +49,16 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from flyt.pipeline.score import score_pool
+    from flyt.api.score import ScoreConfig, score
     from flyt.scorers.registry import ScorerOptions
 
-    options = ScorerOptions(
-        negclip_batches=args.negclip_batches,
-        negclip_batch_size=args.negclip_batch_size,
-        teacher_temperature=args.teacher_temperature,
-        clusters=args.clusters,
-        kmeans_sample=args.kmeans_sample,
-        classifier=args.classifier,
-        save_classifier=args.save_classifier,
-        classifier_negatives=args.classifier_negatives,
+    options = ScorerOptions(**{k: getattr(args, k) for k in ScorerOptions.__dataclass_fields__})
+    config = ScoreConfig(
+        pool=args.pool, out=args.out, scorers=args.scorer, tasks=args.tasks, scores=args.scores, workers=args.workers,
+        engine=args.engine, pair=args.pair, batch_rows=args.batch_rows, seed=args.seed, options=options,
+        progress=False if args.no_progress else None,
     )
-    summary = score_pool(
-        args.pool, args.out, args.scorer, options, tasks=args.tasks, score_dirs=args.scores,
-        workers=args.workers, engine=args.engine, pair=args.pair, batch_rows=args.batch_rows,
-        seed=args.seed, progress=False if args.no_progress else None,
-    )
-    print(summary.line(args.out))
-    if summary.failures:
-        first = summary.failures[0]
-        raise FlytError(
-            f"{len(summary.failures)} of {summary.shards} shards failed (first: {first.stem}: {first.error}); "
-            "the other shards were written; fix and re-run to finish"
-        )
+    result = score(config, check=False)
+    print(result.line(args.out))
+    result.raise_for_failures()
     return 0

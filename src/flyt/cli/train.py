@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flyt.train.config import DEFAULTS, load_config
+from flyt.training.config import config_keys, load_config
 
 
 def add_parser(sub) -> None:
@@ -15,11 +15,10 @@ def add_parser(sub) -> None:
             "downstream loss through one optimizer step of a reference CLIP model. Writes a run "
             "directory: config.yaml, metrics.jsonl, checkpoints/, scorer.pt."
         ),
-        epilog="config keys: " + ", ".join(
-            f"{k}.{{{','.join(v)}}}" if isinstance(v, dict) else k for k, v in DEFAULTS.items()
-        ),
+        epilog="config keys: " + _keys_help(),
     )
-    p.add_argument("config", nargs="?", help="YAML training config (keys below); optional if --set gives pool and tasks")
+    p.add_argument("config", nargs="?",
+                   help="YAML training config (keys below); optional if --set gives pool and tasks")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key (dotted for nested keys, e.g. reference.init=random); repeatable",
@@ -30,9 +29,18 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from flyt.train.loop import train
+    from flyt.api.train import train
 
     cfg = load_config(args.config, args.overrides)
-    path = train(cfg, resume=args.resume, progress=False if args.no_progress else None)
-    print(f"trained {cfg['mode']} scorer '{cfg['name']}' for {cfg['steps']} steps -> {path}")
+    result = train(cfg, resume=args.resume, progress=False if args.no_progress else None)
+    print(result.line())
     return 0
+
+
+def _keys_help() -> str:
+    """'mode, name, ..., reference.{kind,embed_dim,...}, ...': TrainConfig's keys, nested ones grouped."""
+    groups: dict[str, list[str]] = {}
+    for key in config_keys():
+        head, _, tail = key.partition(".")
+        groups.setdefault(head, []).append(tail)
+    return ", ".join(f"{head}.{{{','.join(tails)}}}" if tails[0] else head for head, tails in groups.items())

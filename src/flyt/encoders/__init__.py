@@ -1,5 +1,6 @@
-"""Frozen towers that turn images and texts into embeddings (offline pair; open_clip later)."""
+"""Frozen towers that turn images and texts into embeddings (offline pair, open_clip towers)."""
 
-from flyt.encoders.base import Encoder, decode_image, get_encoder, normalise_rows
+from flyt.encoders.base import Encoder
+from flyt.encoders.registry import get_encoder
 
-__all__ = ["Encoder", "decode_image", "get_encoder", "normalise_rows"]
+__all__ = ["Encoder", "get_encoder"]

@@ -14,9 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flyt.encoders.base import Encoder, decode_image
+from flyt.encoders.base import Encoder
 from flyt.io.arrays import fixed_size_list
 from flyt.io.atomic import write_parquet
+from flyt.io.images import decode_image
 
 CHUNK = 1024
 

@@ -10,55 +10,22 @@ Inputs (what ``flyt embed`` reads):
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from flyt.encoders.cache import CachedEncoder
 from flyt.errors import FlytError
-from flyt.io.arrays import fixed_size_list
-from flyt.io.atomic import write_parquet, write_text
-from flyt.io.pool import check_unique, read_table
-from flyt.io.tasks import CLASSNAMES, PROMPTS, TEMPLATES
-from flyt.io.uids import uids_to_pairs
+from flyt.io.atomic import atomic_dir, write_parquet
+from flyt.io.parquet import check_unique, read_table
+from flyt.io.pool import write_pool_shard
+from flyt.io.tasks import CLASSNAMES, TEMPLATES, write_task
+from flyt.io.uids import pair_uid, uids_to_pairs
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 SHARD_ROWS = 10_000
-
-
-def content_uid(*parts) -> str:
-    """A deterministic 32-hex uid from content (sha1 of the parts, truncated to 128 bits)."""
-    h = hashlib.sha1()
-    for p in parts:
-        h.update(p if isinstance(p, bytes) else str(p).encode("utf-8"))
-        h.update(b"\x00")
-    return h.hexdigest()[:32]
-
-
-@contextlib.contextmanager
-def atomic_dir(out_dir):
-    """Yield a temporary directory beside ``out_dir``; on success it replaces ``out_dir`` whole,
-    so an interrupted run leaves the previous output (or none), never a partial one."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        yield tmp
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def _images_of(table: pa.Table, base: Path, where: str) -> list[bytes]:
@@ -112,17 +79,18 @@ def read_pairs(path) -> tuple[pa.Table, list[bytes]]:
     return table, images
 
 
-def embed_pairs(table: pa.Table, images: list[bytes], encoder: CachedEncoder, out_dir, shard_rows: int = SHARD_ROWS, where: str = "pairs") -> int:
+def embed_pairs(table: pa.Table, images: list[bytes], encoder: CachedEncoder, out_dir, shard_rows: int = SHARD_ROWS,
+                where: str = "pairs") -> int:
     """Embed pairs and write flyt pool shards ``part-00000.parquet``... into ``out_dir``.
 
-    Keeps every input column except the raw image bytes; adds ``uid`` (content-derived unless
-    given), ``image_embedding``, ``text_embedding`` as fixed-size float32 lists. Returns the rows.
+    Keeps every input column except the raw image bytes; adds ``uid`` (:func:`flyt.io.uids.pair_uid`
+    unless given), ``image_embedding``, ``text_embedding`` as fixed-size float32 lists. Returns the rows.
     """
     texts = [str(t) for t in table.column("text").to_pylist()]
     if "uid" in table.column_names:
         uids = np.asarray(table.column("uid").to_pylist(), dtype=object)
     else:
-        uids = np.asarray([content_uid(hashlib.sha1(b).digest(), t) for b, t in zip(images, texts)], dtype=object)
+        uids = np.asarray([pair_uid(b, t) for b, t in zip(images, texts)], dtype=object)
     check_unique(uids_to_pairs(uids.astype(str), where), uids.astype(str), where)
     keep = [c for c in table.column_names if c not in ("image", "uid", "image_embedding", "text_embedding")]
     n = table.num_rows
@@ -131,54 +99,53 @@ def embed_pairs(table: pa.Table, images: list[bytes], encoder: CachedEncoder, ou
             stop = min(n, start + shard_rows)
             img = encoder.images(images[start:stop], where)
             txt = encoder.texts(texts[start:stop])
-            cols = {"uid": pa.array(uids[start:stop].astype(str), pa.string()),
-                    "image_embedding": fixed_size_list(img), "text_embedding": fixed_size_list(txt)}
-            for c in keep:
-                cols[c] = table.column(c).slice(start, stop - start)
-            write_parquet(pa.table(cols), tmp / f"part-{k:05d}.parquet")
+            write_pool_shard(tmp / f"part-{k:05d}.parquet", uids[start:stop], img, txt,
+                             {c: table.column(c).slice(start, stop - start) for c in keep})
     return n
 
 
-def prompt_texts(classnames: list[str], templates: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Every filled template: texts, template_index, class_index (template-major order)."""
-    texts, t_idx, c_idx = [], [], []
-    for t, template in enumerate(templates):
-        for c, name in enumerate(classnames):
-            texts.append(template.replace("{c}", name))
-            t_idx.append(t)
-            c_idx.append(c)
-    return texts, np.asarray(t_idx, np.int32), np.asarray(c_idx, np.int32)
+def prompt_texts(classnames: list[str], templates: list[str]) -> list[str]:
+    """Every filled template, template-major: row ``t * len(classnames) + c`` is template t, class c."""
+    return [template.replace("{c}", name) for template in templates for name in classnames]
 
 
-def write_task(out_dir, classnames: list[str], templates: list[str], splits: dict, encoder: CachedEncoder, extra: dict | None = None) -> dict:
-    """Write a task directory. ``splits``: name -> (image bytes list, labels); ``extra``: name ->
-    {column: values} carried into that split's parquet (e.g. an image hash for thumbnails)."""
+def embed_task(out_dir, classnames: list[str], templates: list[str], splits: dict, encoder: CachedEncoder,
+               extra: dict | None = None) -> dict:
+    """Embed a labelled image set and its filled templates, then write the task directory with
+    :func:`flyt.io.tasks.write_task` (``out_dir`` is replaced whole on success).
+
+    ``splits``: name -> (image bytes list, labels); ``extra``: name -> {column: values} appended to
+    that split's parquet after ``image_embedding`` and ``label`` (e.g. an image hash for thumbnails).
+    Returns the rows per split.
+    """
     out_dir = Path(out_dir)
     for i, t in enumerate(templates):
         if "{c}" not in t:
             raise FlytError(f"{out_dir / TEMPLATES}: line {i + 1}: template {t!r} has no '{{c}}' for the class name")
     if len(set(classnames)) != len(classnames):
         raise FlytError(f"{out_dir / CLASSNAMES}: duplicate class name")
-    for name, (images, labels) in splits.items():
+    for name, (_images, labels) in splits.items():
         labels = np.asarray(labels, dtype=np.int64)
         bad = np.flatnonzero((labels < 0) | (labels >= len(classnames)))
         if bad.size:
-            raise FlytError(f"task split {name}: row {int(bad[0])}: label {labels[bad[0]]} out of range for {len(classnames)} classes")
-    sizes = {}
+            raise FlytError(f"task split {name}: row {int(bad[0])}: label {labels[bad[0]]} out of range "
+                            f"for {len(classnames)} classes")
+    embedded = {name: (encoder.images(list(images), f"task split {name}"), np.asarray(labels, dtype=np.int64))
+                for name, (images, labels) in splits.items()}
+    emb = encoder.texts(prompt_texts(classnames, templates))
+    prompts = emb.reshape(len(templates), len(classnames), emb.shape[1])
     with atomic_dir(out_dir) as tmp:
-        for name, (images, labels) in splits.items():
-            emb = encoder.images(list(images), f"task split {name}")
-            cols = {"image_embedding": fixed_size_list(emb), "label": pa.array(np.asarray(labels, dtype=np.int64))}
-            cols.update((extra or {}).get(name, {}))
-            write_parquet(pa.table(cols), tmp / f"{name}.parquet")
-            sizes[name] = len(labels)
-        texts, t_idx, c_idx = prompt_texts(classnames, templates)
-        emb = encoder.texts(texts)
-        prompts = pa.table({"template_index": t_idx, "class_index": c_idx, "text_embedding": fixed_size_list(emb)})
-        write_parquet(prompts, tmp / PROMPTS)
-        write_text("\n".join(templates) + "\n", tmp / TEMPLATES)
-        write_text("\n".join(classnames) + "\n", tmp / CLASSNAMES)
-    return sizes
+        write_task(tmp, classnames, templates, prompts, embedded)
+        for name, columns in (extra or {}).items():
+            if name not in embedded or not columns:
+                continue
+            # The task contract's writer knows only its own columns; extras go after them.
+            path = tmp / f"{name}.parquet"
+            table = pq.read_table(path)
+            for column, values in columns.items():
+                table = table.append_column(column, pa.array(values))
+            write_parquet(table, path)
+    return {name: len(labels) for name, (_, labels) in embedded.items()}
 
 
 def read_task_input(directory) -> tuple[list[str], list[str], dict]:

@@ -12,8 +12,9 @@ import os
 
 import numpy as np
 
-from flyt.encoders.base import Encoder, normalise_rows
+from flyt.encoders.base import Encoder
 from flyt.errors import require
+from flyt.io.arrays import l2_normalise
 
 # EfficientNet-Lite0 was trained at 224 px; 128 px keeps its features meaningful on our 96-px
 # renders at about a third of the cost.
@@ -123,7 +124,7 @@ class OfflineEncoder(Encoder):
                 parts.append(model.extract_features(x).mean((2, 3)).numpy())
         if not parts:
             return np.zeros((0, self.image_dim), dtype=np.float32)
-        return normalise_rows(np.concatenate(parts))
+        return l2_normalise(np.concatenate(parts))
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -132,4 +133,4 @@ class OfflineEncoder(Encoder):
         emb = model.encode(
             list(texts), batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False
         )
-        return normalise_rows(emb)
+        return l2_normalise(emb)

@@ -11,20 +11,23 @@ from pathlib import Path
 
 import numpy as np
 
-from flyt.encoders.base import Encoder, normalise_rows
+from flyt.encoders.base import Encoder
 from flyt.errors import FlytError
+from flyt.io.arrays import l2_normalise
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """'openclip:ViT-B-32:/w/b32.pt' -> ('ViT-B-32', '/w/b32.pt')."""
     parts = spec.split(":", 2)
     if parts[0] != "openclip" or len(parts) < 2 or not parts[1]:
-        raise FlytError(f"--encoder {spec}: expected openclip:MODEL[:WEIGHTS] (e.g. openclip:ViT-B-32:/path/to/weights.pt)")
+        raise FlytError(f"--encoder {spec}: expected openclip:MODEL[:WEIGHTS] "
+                        "(e.g. openclip:ViT-B-32:/path/to/weights.pt)")
     return parts[1], (parts[2] if len(parts) > 2 and parts[2] else None)
 
 
 class OpenCLIPEncoder(Encoder):
-    def __init__(self, model: str, weights: str | None = None, batch_size: int = 64, device: str = "cpu", seed: int = 0):
+    def __init__(self, model: str, weights: str | None = None, batch_size: int = 64, device: str = "cpu",
+                 seed: int = 0):
         import torch
 
         from flyt.models.openclip_reference import create_model
@@ -61,10 +64,10 @@ class OpenCLIPEncoder(Encoder):
                 parts.append(self.model.encode_image(x).float().cpu().numpy())
         if not parts:
             return np.zeros((0, self.image_dim), np.float32)
-        return normalise_rows(np.concatenate(parts))
+        return l2_normalise(np.concatenate(parts))
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         parts = [self._run_texts(list(texts[s : s + self.batch_size])) for s in range(0, len(texts), self.batch_size)]
         if not parts:
             return np.zeros((0, self.text_dim), np.float32)
-        return normalise_rows(np.concatenate(parts))
+        return l2_normalise(np.concatenate(parts))

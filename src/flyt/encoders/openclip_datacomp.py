@@ -5,18 +5,16 @@ one output shard per input ``.tar``, so memory holds one shard's images at a tim
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pyarrow as pa
 
-from flyt.encoders.embed import SHARD_ROWS, atomic_dir, content_uid
+from flyt.encoders.embed import SHARD_ROWS
 from flyt.errors import FlytError
-from flyt.io.arrays import fixed_size_list
-from flyt.io.atomic import write_parquet
+from flyt.io.atomic import atomic_dir
 from flyt.io.datacomp import write_datacomp_shard
-from flyt.io.pool import check_unique
-from flyt.io.uids import pairs_to_uids, uids_to_pairs
+from flyt.io.parquet import check_unique
+from flyt.io.pool import write_pool_shard
+from flyt.io.uids import pair_uid, pairs_to_uids, uids_to_pairs
 from flyt.io.webdataset import iter_pairs, list_tars
 
 FORMATS = ("flyt", "datacomp")
@@ -31,9 +29,8 @@ def write_shard(directory, stem: str, table: pa.Table, images: list[bytes], enco
         write_datacomp_shard(directory, stem, table, {f"{pair}_img": img.astype(np.float16),
                                                       f"{pair}_txt": txt.astype(np.float16)})
     else:
-        cols = {"uid": table.column("uid"), "image_embedding": fixed_size_list(img), "text_embedding": fixed_size_list(txt)}
-        cols.update((c, table.column(c)) for c in table.column_names if c != "uid")
-        write_parquet(pa.table(cols), directory / f"{stem}.parquet")
+        write_pool_shard(directory / f"{stem}.parquet", table.column("uid").to_numpy(zero_copy_only=False), img, txt,
+                         {c: table.column(c) for c in table.column_names if c != "uid"})
 
 
 def embed_pairs_datacomp(table: pa.Table, images: list[bytes], encoder, out_dir, pair: str = "b32",
@@ -41,7 +38,7 @@ def embed_pairs_datacomp(table: pa.Table, images: list[bytes], encoder, out_dir,
     """Like :func:`flyt.encoders.embed.embed_pairs`, but the output directory is a DataComp metadata
     directory (uids content-derived unless ``table`` has ``uid``). Returns the number of rows."""
     if "uid" not in table.column_names:
-        uids = [content_uid(hashlib.sha1(b).digest(), str(t)) for b, t in zip(images, table.column("text").to_pylist())]
+        uids = [pair_uid(b, t) for b, t in zip(images, table.column("text").to_pylist())]
         table = table.append_column("uid", pa.array(uids, pa.string()))
     uids = np.asarray(table.column("uid").to_pylist(), dtype=str)
     check_unique(uids_to_pairs(uids, where), uids, where)

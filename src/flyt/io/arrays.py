@@ -73,3 +73,12 @@ def fixed_size_list(matrix: np.ndarray, dtype=pa.float32()) -> pa.FixedSizeListA
     matrix = np.ascontiguousarray(matrix)
     flat = pa.array(matrix.reshape(-1), type=dtype)
     return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as float32 (the one normaliser: pools, tasks, encoders, npz).
+
+    A zero row stays zero (its norm is floored at 1e-12) instead of becoming NaN.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

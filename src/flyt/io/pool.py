@@ -1,76 +1,171 @@
-"""Pools of image-text pairs stored as flyt pool shards (``*.parquet``).
+"""Pools of image-text pairs (ARCHITECTURE.md "Pool"): the one reader and the one writer.
 
-A shard holds ``uid`` (32-hex string), ``image_embedding`` and ``text_embedding`` (list or
-fixed-size list of floats), optionally ``text``, ``source`` and float score columns. Rows are
-joined across different shard sets by uid, never by position.
+A pool directory holds shards in one of two layouts:
+- flyt pool shards ``*.parquet``: ``uid`` (32-hex string), ``image_embedding`` and
+  ``text_embedding`` (list or fixed-size list of floats), optionally ``text``, ``source`` and float
+  score columns;
+- DataComp metadata: ``<stem>.parquet`` (``uid``, ``text``, score columns) beside ``<stem>.npz``
+  (``b32_img``/``b32_txt`` 512-d, ``l14_img``/``l14_txt`` 768-d, same row order); the embedding
+  pair is an option.
+
+``PoolShard`` names one shard of either layout and streams it as ``Batch`` es, so memory is
+bounded by the batch size, never by the pool; it is a small frozen dataclass, so it travels to
+worker processes and Ray tasks. Training, scoring and sampling all read pools through it
+(``pool_shards``); ``load_pool`` gathers a whole pool into memory on top of it. Embeddings come
+out float32 and L2-normalised whatever the layout, so the same rows give the same arrays.
+Rows are joined across different shard sets by uid, never by position.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flyt.errors import FlytError
-from flyt.io.arrays import embedding_matrix, float_column
+from flyt.io.arrays import embedding_matrix, fixed_size_list, float_column, l2_normalise
+from flyt.io.atomic import write_parquet
+from flyt.io.datacomp import DataCompEmbeddings, check_pair, datacomp_stems
+from flyt.io.parquet import (
+    check_columns,
+    check_unique,
+    list_shards,
+    read_schema,
+    read_table,
+    row_count,
+    shard_uids,
+    take_rows,
+)
+from flyt.io.scores import ScoreDirs
 from flyt.io.uids import uids_to_pairs
 
 IMAGE = "image_embedding"
 TEXT = "text_embedding"
+CAPTION = "text"
+DEFAULT_PAIR = "l14"
 
 
-def list_shards(directory, kind: str = "pool") -> list[Path]:
-    """The ``*.parquet`` shards of a directory, sorted by name. Hidden temp files are skipped."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FlytError(f"{kind} directory {directory} does not exist")
-    shards = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
-    if not shards:
-        raise FlytError(f"{kind} directory {directory} has no .parquet shards (empty {kind})")
-    return shards
+@dataclass
+class Batch:
+    """Rows of one pool shard, aligned across fields."""
+
+    uids: np.ndarray  # (n,) str
+    image: np.ndarray | None = None  # (n, d_img) float32, L2-normalised
+    text: np.ndarray | None = None  # (n, d_txt) float32, L2-normalised
+    captions: pa.Array | None = None  # (n,) strings (may hold nulls)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # float64 score columns
+
+    def __len__(self) -> int:
+        return len(self.uids)
 
 
-def read_schema(path) -> pa.Schema:
-    try:
-        return pq.read_schema(path)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise FlytError(f"{path}: unreadable parquet shard ({type(exc).__name__}: {exc})") from None
+@dataclass(frozen=True)
+class PoolShard:
+    """One shard of a pool: a flyt ``*.parquet`` shard, or a DataComp parquet + npz pair."""
+
+    stem: str
+    parquet: str
+    npz: str | None = None  # set for DataComp shards
+    pair: str | None = None  # DataComp embedding pair (b32 | l14)
+    rows: int | None = None  # None: the parquet footer could not be read
+
+    @property
+    def is_datacomp(self) -> bool:
+        return self.npz is not None
+
+    def schema_names(self) -> list[str]:
+        return read_schema(self.parquet).names
+
+    def read_uids(self) -> np.ndarray:
+        """The shard's uids, validated (present, 32 hex, unique in the shard)."""
+        return shard_uids(read_table(self.parquet, ["uid"]), self.parquet)
+
+    def iter_batches(
+        self,
+        batch_rows: int,
+        embeddings: bool = True,
+        captions: bool = False,
+        columns: list[str] | tuple = (),
+        dims: tuple[int, int] | None = None,
+    ) -> Iterator[tuple[int, Batch]]:
+        """Yield (first row, Batch) over the shard in order. Embeddings are float32, L2-normalised."""
+        names = self.schema_names()
+        cols = ["uid"] + list(columns)
+        if captions:
+            if CAPTION not in names:
+                raise FlytError(f"{self.parquet}: missing column '{CAPTION}' (captions are needed by the caption scorer)")
+            cols.append(CAPTION)
+        flyt_emb = embeddings and not self.is_datacomp
+        if flyt_emb:
+            cols += [IMAGE, TEXT]
+        check_columns(self.parquet, names, cols)
+        emb = DataCompEmbeddings.open(self.npz, self.pair, self.rows) if embeddings and self.is_datacomp else None
+        try:
+            pf = pq.ParquetFile(self.parquet)
+            start = 0
+            for rb in pf.iter_batches(batch_size=batch_rows, columns=cols):
+                table = pa.Table.from_batches([rb])
+                n = table.num_rows
+                where = f"{self.parquet} [batch from row {start}]"
+                batch = Batch(uids=table.column("uid").to_numpy(zero_copy_only=False))
+                if flyt_emb:
+                    batch.image = l2_normalise(embedding_matrix(table, IMAGE, where, dims[0] if dims else None))
+                    batch.text = l2_normalise(embedding_matrix(table, TEXT, where, dims[1] if dims else None))
+                elif emb is not None:
+                    batch.image, batch.text = emb.read(start, start + n)  # already unit rows
+                if captions:
+                    batch.captions = table.column(CAPTION).combine_chunks()
+                for c in columns:
+                    batch.columns[c] = float_column(table, c, where)
+                yield start, batch
+                start += n
+        except OSError as exc:
+            raise FlytError(f"{self.parquet}: unreadable parquet shard ({type(exc).__name__}: {exc})") from None
+        finally:
+            if emb is not None:
+                emb.close()
+
+    def take(self, rows: np.ndarray) -> Batch:
+        """uids and L2-normalised embeddings of the given rows (any order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.is_datacomp:
+            uids = take_rows(self.parquet, rows, ["uid"]).column("uid").to_numpy(zero_copy_only=False)
+            with DataCompEmbeddings.open(self.npz, self.pair, self.rows) as emb:
+                image, text = emb.take(rows)
+            return Batch(uids=uids, image=image, text=text)
+        table = take_rows(self.parquet, rows, ["uid", IMAGE, TEXT])
+        where = f"{self.parquet} [sampled rows]"
+        return Batch(
+            uids=table.column("uid").to_numpy(zero_copy_only=False),
+            image=l2_normalise(embedding_matrix(table, IMAGE, where)),
+            text=l2_normalise(embedding_matrix(table, TEXT, where)),
+        )
+
+    def first_dims(self) -> tuple[int, int]:
+        """(image dim, text dim) of this shard."""
+        if self.is_datacomp:
+            return (check_pair(self.pair)[2],) * 2
+        for _, batch in self.iter_batches(1):
+            return batch.image.shape[1], batch.text.shape[1]
+        raise FlytError(f"{self.parquet}: shard has no rows")
 
 
-def read_table(path, columns=None) -> pa.Table:
-    """Read one parquet shard; an unreadable file or a missing column is one clear error."""
-    path = Path(path)
-    schema = read_schema(path)
-    if columns is not None:
-        missing = [c for c in columns if c not in schema.names]
-        if missing:
-            raise FlytError(f"{path}: missing column '{missing[0]}' (have: {', '.join(schema.names)})")
-    try:
-        return pq.read_table(path, columns=columns)
-    except Exception as exc:
-        raise FlytError(f"{path}: unreadable parquet shard ({type(exc).__name__}: {exc})") from None
-
-
-def shard_uids(table: pa.Table, where: str) -> np.ndarray:
-    """Validated uid strings of a shard (present, well-formed, unique within the shard)."""
-    if "uid" not in table.column_names:
-        raise FlytError(f"{where}: missing column 'uid' (have: {', '.join(table.column_names)})")
-    uids = table.column("uid").to_numpy(zero_copy_only=False)
-    check_unique(uids_to_pairs(uids, where), uids, where)
-    return uids
-
-
-def check_unique(pairs: np.ndarray, uids: np.ndarray, where: str) -> None:
-    """Raise naming the first duplicate uid."""
-    order = np.lexsort((pairs["f1"], pairs["f0"]))
-    s = pairs[order]
-    dup = np.flatnonzero((s["f0"][1:] == s["f0"][:-1]) & (s["f1"][1:] == s["f1"][:-1]))
-    if dup.size:
-        rows = sorted(order[dup[0] : dup[0] + 2])
-        raise FlytError(f"{where}: duplicate uid {uids[rows[1]]} (rows {rows[0]} and {rows[1]})")
+def pool_shards(pool_dir, pair: str = DEFAULT_PAIR) -> list[PoolShard]:
+    """Every shard of a pool directory: DataComp when ``<stem>.npz`` files sit beside the parquets."""
+    pool_dir = Path(pool_dir)
+    shards = list_shards(pool_dir)
+    stems = set(datacomp_stems(pool_dir))
+    if not stems:
+        return [PoolShard(p.stem, str(p), rows=row_count(p)) for p in shards]
+    check_pair(pair)
+    lonely = [p for p in shards if p.stem not in stems]
+    if lonely:
+        raise FlytError(f"{lonely[0]}: DataComp pool shard without {lonely[0].stem}.npz beside it")
+    return [PoolShard(p.stem, str(p), npz=str(p.with_suffix(".npz")), pair=pair, rows=row_count(p)) for p in shards]
 
 
 @dataclass
@@ -87,57 +182,48 @@ class PoolArrays:
         return len(self.uids)
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
 def load_pool(
     pool_dir,
     embeddings: bool = True,
     score_columns: list[str] | tuple = (),
     score_dirs: list | tuple = (),
     fraction: float = 1.0,
+    pair: str = DEFAULT_PAIR,
+    batch_rows: int = 65536,
 ) -> PoolArrays:
-    """Load a pool (embeddings and/or score columns) into memory, validated.
+    """Load a pool (embeddings and/or score columns) into memory, validated; either layout.
 
     Score columns are looked up first in the pool shards, then in the score directories, whose
     rows are joined to the pool by uid. ``fraction`` < 1 keeps only the rows whose uid falls in the
     first ``fraction`` of uid space (uids are random 128-bit numbers): a uniform sample that is the
     same however the pool is sharded, and memory in proportion to it.
     """
-    shards = list_shards(pool_dir)
+    shards = pool_shards(pool_dir, pair)
+    extra = ScoreDirs(score_dirs, cache=True) if score_dirs else None
+    limit = np.uint64(min(fraction * 2.0**64, 2.0**64 - 2**11))
     uid_parts, img_parts, txt_parts, score_parts = [], [], [], []
-    dims = {IMAGE: None, TEXT: None}
-    extra = _ScoreLookup(score_dirs) if score_dirs else None
-    for path in shards:
-        where = str(path)
-        names = read_schema(path).names
-        in_shard = [c for c in score_columns if c in names]
-        cols = ["uid"] + ([IMAGE, TEXT] if embeddings else []) + in_shard
-        table = read_table(path, cols)
-        uids = shard_uids(table, where)
-        if fraction < 1.0:
-            keep = uids_to_pairs(uids, where)["f0"] < np.uint64(min(fraction * 2.0**64, 2.0**64 - 2**11))
-            table, uids = table.filter(pa.array(keep)), uids[keep]
-        uid_parts.append(uids)
-        if embeddings:
-            for name, parts in ((IMAGE, img_parts), (TEXT, txt_parts)):
-                m = embedding_matrix(table, name, where, dims[name])
-                if m.shape[0]:
-                    dims[name] = m.shape[1]
-                parts.append(l2_normalise(m))
-        if score_columns:
-            cols_here = {}
-            for c in score_columns:
-                if c in in_shard:
-                    cols_here[c] = float_column(table, c, where)
-                elif extra is not None:
-                    cols_here[c] = extra.lookup(c, uids, where)
-                else:
-                    raise FlytError(f"{where}: missing score column '{c}' (and no score directories given)")
-            score_parts.append(np.stack([cols_here[c] for c in score_columns], axis=1))
-    uids = np.concatenate(uid_parts)
+    dims = None
+    for shard in shards:
+        in_shard = [c for c in score_columns if c in shard.schema_names()]
+        if len(in_shard) < len(score_columns) and extra is None:
+            missing = next(c for c in score_columns if c not in in_shard)
+            raise FlytError(f"{shard.parquet}: missing score column '{missing}' (and no score directories given)")
+        for start, batch in shard.iter_batches(batch_rows, embeddings, columns=in_shard, dims=dims):
+            where = f"{shard.parquet} [batch from row {start}]"
+            pairs = uids_to_pairs(batch.uids, where)
+            keep = pairs["f0"] < limit if fraction < 1.0 else slice(None)
+            uids = batch.uids[keep]
+            uid_parts.append(uids)
+            if embeddings:
+                img_parts.append(batch.image[keep])
+                txt_parts.append(batch.text[keep])
+                if dims is None and len(batch):
+                    dims = (batch.image.shape[1], batch.text.shape[1])
+            if score_columns:
+                joined = extra.join(uids, [c for c in score_columns if c not in in_shard], where, shard.stem) if extra else {}
+                values = {c: batch.columns[c][keep] for c in in_shard} | joined
+                score_parts.append(np.stack([values[c] for c in score_columns], axis=1))
+    uids = np.concatenate(uid_parts) if uid_parts else np.zeros(0, dtype=object)
     if len(uids) == 0:
         raise FlytError(f"pool directory {pool_dir} has no rows (empty pool)")
     check_unique(uids_to_pairs(uids, str(pool_dir)), uids, f"pool {pool_dir}")
@@ -150,33 +236,22 @@ def load_pool(
     )
 
 
-class _ScoreLookup:
-    """Score columns from score directories, looked up by uid."""
-
-    def __init__(self, score_dirs):
-        tables = []
-        for d in score_dirs:
-            for path in list_shards(d, kind="scores"):
-                t = read_table(path)
-                shard_uids(t, str(path))
-                tables.append((str(path), t))
-        self.tables = tables
-        self._index = {}
-
-    def lookup(self, column: str, uids: np.ndarray, where: str) -> np.ndarray:
-        if column not in self._index:
-            parts = [(w, t) for w, t in self.tables if column in t.column_names]
-            if not parts:
-                raise FlytError(f"score column '{column}' is in neither the pool shards nor the score directories")
-            keys = np.concatenate([t.column("uid").to_numpy(zero_copy_only=False) for _, t in parts])
-            vals = np.concatenate([float_column(t, column, w) for w, t in parts])
-            order = np.argsort(keys)
-            self._index[column] = (keys[order], vals[order])
-        keys, vals = self._index[column]
-        pos = np.searchsorted(keys, uids)
-        pos_c = np.minimum(pos, len(keys) - 1)
-        found = (pos < len(keys)) & (keys[pos_c] == uids)
-        if not found.all():
-            r = int(np.flatnonzero(~found)[0])
-            raise FlytError(f"{where}: row {r}: uid {uids[r]} has no '{column}' in the score directories")
-        return vals[pos_c]
+def write_pool_shard(path, uids, image: np.ndarray, text: np.ndarray, columns: dict | None = None) -> Path:
+    """Write one flyt pool shard atomically: ``uid``, both embeddings as fixed-size float32 lists,
+    then ``columns`` in order (Arrow arrays as they are; numpy 2-D as fixed-size lists, 1-D as is)."""
+    image, text = np.asarray(image, np.float32), np.asarray(text, np.float32)
+    n = len(uids)
+    if image.shape[0] != n or text.shape[0] != n:
+        raise FlytError(f"{path}: {n} uids but {image.shape[0]} image and {text.shape[0]} text embeddings")
+    data = {"uid": pa.array(np.asarray(uids).astype(str), pa.string()), IMAGE: fixed_size_list(image),
+            TEXT: fixed_size_list(text)}
+    for name, values in (columns or {}).items():
+        if isinstance(values, (pa.Array, pa.ChunkedArray)):
+            data[name] = values
+        elif np.asarray(values).ndim == 2:
+            data[name] = fixed_size_list(np.asarray(values))
+        else:
+            data[name] = pa.array(np.asarray(values))
+    path = Path(path)
+    write_parquet(pa.table(data), path)
+    return path

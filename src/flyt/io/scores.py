@@ -1,6 +1,8 @@
 """Score directories: parquet shards with ``uid`` plus one float column per score.
 
-One output shard per input pool shard, same stem, written atomically.
+Written by ``flyt score``: one output shard per input pool shard, same stem, written atomically,
+float32 columns (the dtype DataComp metadata uses for scores). Read back by uid, never by
+position: ``ScoreDirs.join`` is the one place rows of different shard sets are matched.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from flyt.errors import FlytError
+from flyt.io.arrays import float_column
 from flyt.io.atomic import write_parquet
+from flyt.io.parquet import list_shards, read_schema, read_table, shard_uids
 
 
 def score_table(uids, columns: dict[str, np.ndarray]) -> pa.Table:
-    """uid + float32 score columns (float32 is what DataComp metadata uses for scores)."""
+    """uid + float32 score columns."""
     data = {"uid": pa.array(np.asarray(uids), type=pa.string())}
     for name, values in columns.items():
         data[name] = pa.array(np.asarray(values, dtype=np.float32))
@@ -25,3 +30,74 @@ def write_score_shard(out_dir, stem: str, uids, columns: dict[str, np.ndarray]) 
     path = Path(out_dir) / f"{stem}.parquet"
     write_parquet(score_table(uids, columns), path)
     return path
+
+
+class ScoreDirs:
+    """Score columns from one or more score directories, joined to any rows by uid.
+
+    For each column the shard with the caller's stem is read first, and only uids still missing
+    send the lookup on to the other shards: a score directory sharded like the pool costs one
+    read per pool shard. ``cache=True`` keeps every shard read in memory (for whole-pool loads,
+    where a directory sharded differently from the pool would otherwise be re-read per shard).
+    """
+
+    def __init__(self, dirs, cache: bool = False):
+        self.dirs = [Path(d) for d in dirs]
+        self._cache: dict | None = {} if cache else None
+
+    def columns(self) -> list[str]:
+        """Every score column the directories hold, in first-seen order."""
+        names: dict[str, None] = {}
+        for d in self.dirs:
+            for path in list_shards(d, kind="scores"):
+                names.update((c, None) for c in read_schema(path).names if c != "uid")
+        return list(names)
+
+    def _sorted_column(self, path: Path, column: str) -> tuple[np.ndarray, np.ndarray]:
+        key = (str(path), column)
+        if self._cache is not None and key in self._cache:
+            return self._cache[key]
+        t = read_table(path, ["uid", column])
+        keys = shard_uids(t, str(path))
+        vals = float_column(t, column, str(path))
+        order = np.argsort(keys)
+        result = keys[order], vals[order]
+        if self._cache is not None:
+            self._cache[key] = result
+        return result
+
+    def join(self, uids: np.ndarray, columns, where: str, stem: str | None = None) -> dict[str, np.ndarray]:
+        """{column: float64 values aligned with ``uids``}; every uid must be found."""
+        uids = np.asarray(uids)
+        out = {}
+        for c in columns:
+            values = np.full(len(uids), np.nan)
+            have = np.zeros(len(uids), dtype=bool)
+            seen = False
+            for d in self.dirs:
+                shards = list_shards(d, kind="scores")
+                shards.sort(key=lambda p: p.stem != stem)  # same stem first, stable otherwise
+                for path in shards:
+                    if c not in read_schema(path).names:
+                        continue
+                    seen = True
+                    keys, vals = self._sorted_column(path, c)
+                    if not len(keys):
+                        continue
+                    todo = np.flatnonzero(~have)
+                    pos = np.searchsorted(keys, uids[todo])
+                    pos_c = np.minimum(pos, len(keys) - 1)
+                    hit = (pos < len(keys)) & (keys[pos_c] == uids[todo])
+                    values[todo[hit]] = vals[pos_c[hit]]
+                    have[todo[hit]] = True
+                    if have.all():
+                        break
+                if have.all():
+                    break
+            if not seen:
+                raise FlytError(f"{where}: score column '{c}' is in neither the pool shard nor the --scores directories")
+            if not have.all():
+                r = int(np.flatnonzero(~have)[0])
+                raise FlytError(f"{where}: row {r}: uid {uids[r]} has no '{c}' in the --scores directories")
+            out[c] = values
+        return out

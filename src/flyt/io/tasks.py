@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from flyt.errors import FlytError
-from flyt.io.arrays import embedding_matrix
-from flyt.io.pool import IMAGE, TEXT, l2_normalise, read_table
+from flyt.io.arrays import embedding_matrix, l2_normalise
+from flyt.io.parquet import read_table
+from flyt.io.pool import IMAGE, TEXT
 
 CLASSNAMES = "classnames.txt"
 TEMPLATES = "zeroshot_classification_templates.txt"
@@ -29,18 +30,35 @@ class Split:
     labels: np.ndarray  # (n,) int64
 
 
+SPLITS = ("train", "validation", "test")
+
+
 @dataclass
 class Task:
+    """A task in memory. ``train`` and ``test`` are the directory's files; ``validation`` is never on
+    disk: a protocol (the offline benchmark's) carves it out of train and keeps it here, so ``test``
+    only ever holds test data."""
+
     name: str
     classnames: list[str]
     templates: list[str]
     prompts: np.ndarray  # (n_templates, n_classes, d_txt) float32, L2-normalised
     train: Split
     test: Split | None
+    validation: Split | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classnames)
+
+    def split(self, name: str) -> Split:
+        """The split called ``name`` (train, validation or test); a missing one is a FlytError."""
+        if name not in SPLITS:
+            raise FlytError(f"task {self.name}: unknown split {name!r} (one of {', '.join(SPLITS)})")
+        data = getattr(self, name)
+        if data is None:
+            raise FlytError(f"task {self.name}: has no {name} split")
+        return data
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -92,7 +110,8 @@ def load_task(directory, image_dim: int | None = None, text_dim: int | None = No
     bad = np.flatnonzero((t_idx < 0) | (t_idx >= T) | (c_idx < 0) | (c_idx >= C))
     if bad.size:
         r = int(bad[0])
-        raise FlytError(f"{prompts_path}: row {r}: (template {t_idx[r]}, class {c_idx[r]}) out of range ({T} templates, {C} classes)")
+        raise FlytError(f"{prompts_path}: row {r}: (template {t_idx[r]}, class {c_idx[r]}) out of range "
+                        f"({T} templates, {C} classes)")
     prompts = np.full((T, C, emb.shape[1]), np.nan, dtype=np.float32)
     prompts[t_idx, c_idx] = emb
     missing = np.argwhere(np.isnan(prompts[:, :, 0]))

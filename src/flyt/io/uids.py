@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pyarrow as pa
 
@@ -85,3 +87,19 @@ def random_uids(n: int, rng: np.random.Generator) -> np.ndarray:
     pairs = np.empty(n, dtype=UID_DTYPE)
     pairs["f0"], pairs["f1"] = words[:, 0], words[:, 1]
     return pairs_to_uids(pairs)
+
+
+def content_uid(*parts) -> str:
+    """A deterministic 32-hex uid from content: sha1 over the parts (bytes as they are, anything
+    else as its UTF-8 ``str``), each followed by a NUL byte, truncated to 128 bits."""
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else str(p).encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()[:32]
+
+
+def pair_uid(image: bytes, text: str) -> str:
+    """The uid of an image-text pair that comes without one (``flyt embed``, webdatasets without
+    ``.json``): ``content_uid(sha1(image bytes), caption)``."""
+    return content_uid(hashlib.sha1(image).digest(), str(text))

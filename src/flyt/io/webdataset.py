@@ -12,7 +12,6 @@ Shard patterns are globs or WebDataset brace ranges (``shards/{00000..00127}.tar
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import re
 import tarfile
@@ -23,6 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from flyt.errors import FlytError
+from flyt.io.uids import pair_uid
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -123,17 +123,8 @@ def read_text(sample: dict, ext: str, where: str) -> str:
     return sample[ext].read().decode("utf-8", errors="replace").strip()
 
 
-def content_uid(image: bytes, text: str) -> str:
-    """The uid ``flyt embed`` derives for a pair without one (sha1 of image sha1 and caption)."""
-    h = hashlib.sha1()
-    for p in (hashlib.sha1(image).digest(), text.encode("utf-8")):
-        h.update(p)
-        h.update(b"\x00")
-    return h.hexdigest()[:32]
-
-
 def sample_uid(sample: dict, image: Member, text: str) -> str:
-    """DataComp's uid from ``.json`` when present, else the content uid."""
+    """DataComp's uid from ``.json`` when present, else the pair's content uid (:func:`pair_uid`)."""
     if "json" in sample:
         try:
             meta = json.loads(sample["json"].read())
@@ -141,7 +132,7 @@ def sample_uid(sample: dict, image: Member, text: str) -> str:
             meta = {}
         if isinstance(meta, dict) and meta.get("uid"):
             return str(meta["uid"])
-    return content_uid(image.read(), text)
+    return pair_uid(image.read(), text)
 
 
 class PairIndex:
@@ -152,7 +143,7 @@ class PairIndex:
     """
 
     def __init__(self, patterns):
-        from flyt.io.pool import check_unique
+        from flyt.io.parquet import check_unique
         from flyt.io.uids import uids_to_pairs
 
         self.paths = list_tars(patterns, "pool webdataset")

@@ -114,9 +114,9 @@ class OpenCLIPReference:
     # Inputs ---------------------------------------------------------------------------------
     def images(self, images: list, where: str = "image") -> torch.Tensor:
         """Encoded image bytes (or PIL images) -> preprocessed pixels (n, 3, s, s) float32."""
-        from flyt.encoders.base import decode_image
-
         from PIL import Image
+
+        from flyt.io.images import decode_image
 
         pil = [decode_image(b, where) if isinstance(b, (bytes, bytearray)) else b for b in images]
         if not pil:  # a rank's empty chunk: keep the shape right

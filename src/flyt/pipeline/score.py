@@ -24,12 +24,12 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from flyt.errors import FlytError
-from flyt.io.arrays import embedding_matrix, float_column
+from flyt.io.arrays import embedding_matrix, l2_normalise
 from flyt.io.atomic import atomic_path
-from flyt.io.pool import IMAGE, l2_normalise, list_shards, read_table, shard_uids
-from flyt.io.scores import write_score_shard
-from flyt.pipeline.shards import ShardSource, list_sources
-from flyt.scorers.base import Batch, Scorer
+from flyt.io.parquet import read_table
+from flyt.io.pool import DEFAULT_PAIR, IMAGE, Batch, PoolShard, pool_shards
+from flyt.io.scores import ScoreDirs, write_score_shard
+from flyt.scorers.base import Scorer
 from flyt.scorers.registry import NEEDS_TASKS, ScorerOptions, make_scorers
 
 STATE_PREFIX = ".flyt-score-state-"
@@ -39,7 +39,7 @@ STATE_PREFIX = ".flyt-score-state-"
 class PoolContext:
     """The ``FitContext`` of a pool: uniform row samples and the downstream task images."""
 
-    def __init__(self, sources: list[ShardSource], tasks: list, seed: int, image_dim: int | None):
+    def __init__(self, sources: list[PoolShard], tasks: list, seed: int, image_dim: int | None):
         self.sources, self.tasks, self.seed, self.image_dim = sources, list(tasks), seed, image_dim
         self._task_images = None
 
@@ -93,58 +93,10 @@ class PoolContext:
         return self._task_images
 
 
-# ----------------------------------------------------------------------------- score directories
-class ScoreDirs:
-    """Score columns from --scores directories, joined to a pool shard by uid.
-
-    The shard with the pool shard's stem is read first; only uids still missing send the lookup to
-    the directory's other shards (so co-sharded score directories cost one read per shard).
-    """
-
-    def __init__(self, dirs):
-        self.dirs = [Path(d) for d in dirs]
-
-    def join(self, uids: np.ndarray, stem: str, columns: list[str], where: str) -> dict[str, np.ndarray]:
-        out = {}
-        for c in columns:
-            values = np.full(len(uids), np.nan)
-            have = np.zeros(len(uids), dtype=bool)
-            seen = False
-            for d in self.dirs:
-                shards = list_shards(d, kind="scores")
-                shards.sort(key=lambda p: p.stem != stem)  # same stem first, stable otherwise
-                for path in shards:
-                    if c not in pq.read_schema(path).names:
-                        continue
-                    seen = True
-                    t = read_table(path, ["uid", c])
-                    keys = shard_uids(t, str(path))
-                    vals = float_column(t, c, str(path))
-                    order = np.argsort(keys)
-                    keys, vals = keys[order], vals[order]
-                    todo = np.flatnonzero(~have)
-                    pos = np.searchsorted(keys, uids[todo])
-                    pos_c = np.minimum(pos, len(keys) - 1) if len(keys) else pos
-                    hit = (pos < len(keys)) & (keys[pos_c] == uids[todo]) if len(keys) else np.zeros(len(todo), bool)
-                    values[todo[hit]] = vals[pos_c[hit]]
-                    have[todo[hit]] = True
-                    if have.all():
-                        break
-                if have.all():
-                    break
-            if not seen:
-                raise FlytError(f"{where}: score column '{c}' is in neither the pool shard nor the --scores directories")
-            if not have.all():
-                r = int(np.flatnonzero(~have)[0])
-                raise FlytError(f"{where}: row {r}: uid {uids[r]} has no '{c}' in the --scores directories")
-            out[c] = values
-        return out
-
-
 # ----------------------------------------------------------------------------- per-shard work
 @dataclass(frozen=True)
 class ShardJob:
-    source: ShardSource
+    source: PoolShard
     out_dir: str
     state_path: str  # pickled fitted scorers, written once by the driver
     batch_rows: int
@@ -184,7 +136,7 @@ def score_shard(job: ShardJob) -> ShardResult:
         names = src.schema_names()
         in_shard = [c for c in inputs if c in names]
         uids = src.read_uids()
-        joined = ScoreDirs(job.score_dirs).join(uids, src.stem, [c for c in inputs if c not in in_shard], src.parquet)
+        joined = ScoreDirs(job.score_dirs).join(uids, [c for c in inputs if c not in in_shard], src.parquet, src.stem)
         parts = {col: [] for s in scorers for col in s.output_columns()}
         for start, batch in src.iter_batches(job.batch_rows, needs_emb, needs_cap, in_shard, job.dims):
             for c, v in joined.items():
@@ -207,7 +159,7 @@ def score_shard(job: ShardJob) -> ShardResult:
         return ShardResult(src.stem, 0, time.perf_counter() - t0, f"{src.parquet}: {type(exc).__name__}: {exc}")
 
 
-def is_finished(out_dir: Path, src: ShardSource, columns: list[str]) -> bool:
+def is_finished(out_dir: Path, src: PoolShard, columns: list[str]) -> bool:
     """A score shard counts as done when it is readable, has every column and the shard's row count."""
     path = out_dir / f"{src.stem}.parquet"
     if not path.is_file() or src.rows is None:
@@ -251,7 +203,7 @@ def score_pool(
     score_dirs: list = (),
     workers: int = 1,
     engine: str = "local",
-    pair: str = "l14",
+    pair: str = DEFAULT_PAIR,
     batch_rows: int = 8192,
     seed: int = 0,
     progress: bool | None = None,
@@ -269,7 +221,7 @@ def score_pool(
         raise FlytError(f"option --batch-rows must be >= 1, got {batch_rows}")
     map_shards = get_map_shards(engine)
     pool, out = Path(pool), Path(out)
-    sources = list_sources(pool, pair)
+    sources = pool_shards(pool, pair)
     if out.resolve() == pool.resolve():
         raise FlytError(f"option --out: {out} is the pool directory; score shards would overwrite pool shards")
     for d in list(tasks) + list(score_dirs):
@@ -303,7 +255,8 @@ def score_pool(
     try:
         from tqdm import tqdm
 
-        with tqdm(total=sum(rows_of.values()), unit="rows", unit_scale=True, desc="flyt score", disable=None if progress is None else not progress) as bar:
+        disable = None if progress is None else not progress  # None: a bar on a terminal only
+        with tqdm(total=sum(rows_of.values()), unit="rows", unit_scale=True, desc="flyt score", disable=disable) as bar:
             for res in map_shards(score_shard, jobs, workers):
                 if res.error:
                     summary.failures.append(res)
@@ -320,7 +273,7 @@ def score_pool(
     return summary
 
 
-def _pool_dims(sources: list[ShardSource]) -> tuple[int, int]:
+def _pool_dims(sources: list[PoolShard]) -> tuple[int, int]:
     """Embedding dims of the pool, from its first readable shard."""
     for s in sources:
         if s.rows:

@@ -7,25 +7,11 @@ and that state, so the per-shard work can run anywhere (process pool, Ray) with 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-import pyarrow as pa
 
-
-@dataclass
-class Batch:
-    """Rows of one pool shard, aligned across fields."""
-
-    uids: np.ndarray  # (n,) str
-    image: np.ndarray | None = None  # (n, d_img) float32, L2-normalised
-    text: np.ndarray | None = None  # (n, d_txt) float32, L2-normalised
-    captions: pa.Array | None = None  # (n,) strings (may hold nulls)
-    columns: dict[str, np.ndarray] = field(default_factory=dict)  # float64 input score columns
-
-    def __len__(self) -> int:
-        return len(self.uids)
+from flyt.io.pool import Batch
 
 
 class FitContext(Protocol):

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flyt.errors import FlytError
-from flyt.scorers.base import Batch, Scorer
+from flyt.io.pool import Batch
+from flyt.scorers.base import Scorer
 
 
 def caption_stats(captions) -> dict[str, np.ndarray]:

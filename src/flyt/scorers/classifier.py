@@ -14,7 +14,8 @@ import numpy as np
 
 from flyt.errors import FlytError
 from flyt.io.atomic import atomic_path
-from flyt.scorers.base import Batch, FitContext, Scorer
+from flyt.io.pool import Batch
+from flyt.scorers.base import FitContext, Scorer
 
 
 class LinearProbe:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from flyt.errors import FlytError
-from flyt.scorers.base import Batch, FitContext, Scorer, row_chunks
+from flyt.io.pool import Batch
+from flyt.scorers.base import FitContext, Scorer, row_chunks
 
 
 def clip_score(image: np.ndarray, text: np.ndarray) -> np.ndarray:

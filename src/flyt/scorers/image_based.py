@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from flyt.errors import FlytError, require
-from flyt.scorers.base import Batch, FitContext, Scorer, row_chunks
+from flyt.io.pool import Batch
+from flyt.scorers.base import FitContext, Scorer, row_chunks
 
 
 def nearest_centroid(x: np.ndarray, centroids: np.ndarray, chunk_rows: int = 4096) -> np.ndarray:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from flyt.errors import FlytError
-from flyt.scorers.base import Batch, FitContext, Scorer
+from flyt.io.pool import Batch
+from flyt.scorers.base import FitContext, Scorer
 
 
 def normsim(image: np.ndarray, targets: np.ndarray, p: float, chunk: int = 16384) -> np.ndarray:

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from flyt.errors import FlytError
-from flyt.scorers.base import Batch, Scorer
+from flyt.io.pool import Batch
+from flyt.scorers.base import Scorer
 
 
 class TrainedScorer(Scorer):

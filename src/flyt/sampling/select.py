@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from flyt.errors import FlytError
-from flyt.sample.randomness import checksum, combine_checksums, fingerprint
+from flyt.sampling.randomness import checksum, combine_checksums, fingerprint
 
 SUBSAMPLE_ROWS = 1 << 18  # examples the level search looks at; bounds driver memory and time
 BLOCK_ROWS = 1 << 16  # rows processed at once inside a shard, so temporaries stay in cache

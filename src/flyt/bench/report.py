@@ -1,8 +1,9 @@
 """report.html for `flyt demo`: the results table, plots and example pairs, in one self-contained file.
 
-Plots (matplotlib, embedded as PNG): accuracy bars with seed error bars, M-FLYT weights, score
-histograms by source and by ground-truth defect, the SCS count histogram; thumbnails of the
-highest- and lowest-scored pairs with their captions.
+The results are rendered to HTML here, from the results data (flyt.bench.results), not from results.md.
+Plots (matplotlib, an optional dependency imported only when a plot is drawn; embedded as PNG):
+accuracy bars with seed error bars, M-FLYT weights, score histograms by source and by ground-truth
+defect, the SCS count histogram; thumbnails of the highest- and lowest-scored pairs with their captions.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import io
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from flyt.bench.results import results_intro, results_notes, results_table, weights_note
 from flyt.io.atomic import write_text
+from flyt.io.parquet import read_table
 
 
 def _png(fig) -> str:
@@ -84,7 +86,7 @@ def _thumbnails(bench_dir: Path, meta, score: np.ndarray, k: int = 12):
     path = bench_dir / "thumbnails.parquet"
     if not path.is_file() or "image_sha1" not in meta.column_names:
         return [], []
-    thumbs = pq.read_table(path)
+    thumbs = read_table(path, ["image_sha1", "image"])
     by_sha = dict(zip(thumbs.column("image_sha1").to_pylist(), thumbs.column("image").to_pylist()))
     sha = meta.column("image_sha1").to_pylist()
     text = meta.column("text").to_pylist()
@@ -101,25 +103,15 @@ def _thumbnails(bench_dir: Path, meta, score: np.ndarray, k: int = 12):
     return cards(order[::-1][:k]), cards(order[:k])
 
 
-def _markdown_html(md: str) -> str:
-    """results.md as HTML: its pipe table as a <table>, other lines as paragraphs. (A <pre> of the
-    markdown is wider than the page once there are several tasks: the last columns were cut off.)"""
-    out, rows = [], []
-    for line in md.splitlines() + [""]:
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if not set("".join(cells)) <= set("-:"):  # not the |---| separator row
-                rows.append(cells)
-            continue
-        if rows:
-            head, *body = rows
-            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead><tbody>"
-                       + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
-                       + "</tbody></table>")
-            rows = []
-        if line.strip() and not line.startswith("# "):  # the page has its own title
-            out.append(f"<p>{html.escape(line.removeprefix('- '))}</p>")
-    return "".join(out)
+def results_html(summary: dict) -> str:
+    """The results (flyt.bench.results' table and sentences) as HTML: the intro, the table, the verdict
+    and the weights, each a paragraph but the table. (The page has its own title.)"""
+    header, rows = results_table(summary)
+    table = ("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr></thead><tbody>"
+             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+             + "</tbody></table>")
+    notes = [*results_notes(summary), weights_note(summary)]
+    return f"<p>{html.escape(results_intro(summary))}</p>" + table + "".join(f"<p>{html.escape(n)}</p>" for n in notes)
 
 
 def _defect_table(auc: dict) -> str:
@@ -129,17 +121,20 @@ def _defect_table(auc: dict) -> str:
         return ""
     head = "".join(f"<th>{html.escape(d)}</th>" for d in defects)
     body = "".join(
-        f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{row[d]:.2f}</td>" if d in row else "<td></td>" for d in defects) + "</tr>"
+        f"<tr><td>{html.escape(c)}</td>"
+        + "".join(f"<td>{row[d]:.2f}</td>" if d in row else "<td></td>" for d in defects)
+        + "</tr>"
         for c, row in auc.items()
     )
     return ("<h2>Which defects each score detects</h2><p>P(a clean pair scores above a pair with the defect), "
             "from the ground-truth <code>defect</code> column no scorer reads: 0.5 = blind to it, below 0.5 = "
-            "prefers it.</p>" f"<table class='auc'><thead><tr><th>score</th>{head}</tr></thead><tbody>{body}</tbody></table>")
+            "prefers it.</p>"
+            f"<table class='auc'><thead><tr><th>score</th>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
 def write_report(summary: dict, scores: dict, meta, bench_dir: Path, subsets_dir: Path, out: Path) -> None:
-    from flyt.pipeline.demo import results_markdown
-
+    """report.html from the results data (``summary``, as in results.json), the score columns aligned to
+    the pool (``scores``), the pool's metadata table and the drawn subsets."""
     sources = np.asarray(meta.column("source").to_pylist()) if "source" in meta.column_names else None
     defects = np.asarray(meta.column("defect").to_pylist()) if "defect" in meta.column_names else None
     figs = [("Average accuracy by strategy", _accuracy_plot(summary)),
@@ -149,7 +144,8 @@ def write_report(summary: dict, scores: dict, meta, bench_dir: Path, subsets_dir
             if sources is not None:
                 figs.append((f"{column} by source", _histograms(scores[column], sources, f"{column} by source")))
             if defects is not None:
-                figs.append((f"{column} by defect", _histograms(scores[column], defects, f"{column} by ground-truth defect")))
+                title = f"{column} by ground-truth defect"
+                figs.append((f"{column} by defect", _histograms(scores[column], defects, title)))
     scs = subsets_dir / "mflyt_scs.npy"
     if scs.is_file():
         subset = np.load(scs)
@@ -159,14 +155,14 @@ def write_report(summary: dict, scores: dict, meta, bench_dir: Path, subsets_dir
 
     def gallery(cards):
         return "".join(
-            f'<figure><img src="{src}" alt=""><figcaption>{html.escape(caption)}<br><b>{s:+.3f}</b></figcaption></figure>'
+            f'<figure><img src="{src}" alt=""><figcaption>{html.escape(caption)}<br><b>{s:+.3f}</b>'
+            "</figcaption></figure>"
             for src, caption, s in cards
         )
 
-    table_md = results_markdown(summary)
     body = [
         "<h1>flyt demo report</h1>",
-        _markdown_html(table_md),
+        results_html(summary),
         *(f"<h2>{html.escape(t)}</h2><img class='plot' src='{src}' alt='{html.escape(t)}'>" for t, src in figs),
         _defect_table(summary.get("defect_auc") or {}),
         "<h2>Highest M-FLYT scores</h2><div class='gallery'>" + gallery(top) + "</div>",

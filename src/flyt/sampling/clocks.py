@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flyt.sample.randomness import exponentials, seed_keys
+from flyt.sampling.randomness import exponentials, seed_keys
 
 
 @dataclass

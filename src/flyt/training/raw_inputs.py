@@ -14,7 +14,7 @@ import torch
 
 from flyt.errors import FlytError
 from flyt.io.webdataset import PairIndex, read_task
-from flyt.train.objective import TaskBatch
+from flyt.training.downstream import TaskBatch
 
 
 @dataclass

@@ -1,5 +1,9 @@
-"""Writing a drawn multiset: the DataComp subset ``.npy``, its ``.json`` summary and an
-optional ``uid,count`` parquet. All files appear atomically, together or not at all."""
+"""DataComp subset files: the ``.npy`` of a drawn multiset, its ``.json`` summary and an optional
+``uid,count`` parquet.
+
+The ``.npy`` is DataComp's format: a structured array of dtype ``[('f0','<u8'),('f1','<u8')]`` (high,
+low 64 bits of the uid), sorted; a uid repeated c times means c copies. Written files appear
+atomically, together or not at all."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flyt.errors import FlytError
 from flyt.io.atomic import atomic_path
 from flyt.io.uids import UID_DTYPE, pairs_to_uids
 
@@ -52,3 +57,21 @@ def write_subset(out, pairs: np.ndarray, counts: np.ndarray, summary: dict, coun
             finally:
                 if writer is not None:
                     writer.close()
+
+
+def read_subset(path, mmap: bool = True) -> np.ndarray:
+    """A subset ``.npy``, validated: DataComp's dtype, one dimension, sorted (memory-mapped by default)."""
+    path = Path(path)
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise FlytError(f"{path}: not a readable .npy subset ({exc})") from None
+    if arr.dtype != UID_DTYPE or arr.ndim != 1:
+        raise FlytError(f"{path}: a subset must be a 1-D array of dtype {UID_DTYPE.descr}, found {arr.dtype.descr} {arr.shape}")
+    step = 1 << 24
+    for i in range(0, max(len(arr) - 1, 0), step):
+        a, b = arr[i : i + step + 1]["f0"], arr[i : i + step + 1]["f1"]
+        bad = (a[1:] < a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] < b[:-1]))
+        if bad.any():
+            raise FlytError(f"{path}: subset is not sorted (row {i + int(np.argmax(bad)) + 1})")
+    return arr

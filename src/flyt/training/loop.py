@@ -9,10 +9,10 @@ with update_reference, move the reference model to theta' (and its downstream lo
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -27,24 +27,19 @@ from flyt.models.checkpoint import save_scorer
 from flyt.models.mixing import ScoreMixer
 from flyt.models.reference import LOGIT_SCALE_MAX, EmbeddingReference
 from flyt.models.scoring_head import SwiGLUScorer
-from flyt.train import config as config_mod
-from flyt.train import distributed
-from flyt.train.objective import AdamWConfig, TaskBatch, adamw_init, adamw_step, meta_gradient, sgd_step
+from flyt.training import distributed
+from flyt.training.config import TrainConfig, dump
+from flyt.training.downstream import TaskBatch
+from flyt.training.inner_step import AdamWConfig, adamw_init, adamw_step, sgd_step
+from flyt.training.meta_gradient import meta_gradient
+from flyt.training.schedule import cosine_lr
 
 
-def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
-    """Linear warm-up to base_lr over `warmup` steps, then cosine decay to 0 at `total`."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * base_lr * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def build_scorer(cfg: dict, pool, image_dim: int, text_dim: int) -> torch.nn.Module:
-    if cfg["mode"] == "flyt":
-        s = cfg["scorer"]
-        return SwiGLUScorer(image_dim, text_dim, s["hidden_dim"], s["depth"], s["cosine_init"], s["init_noise"])
-    return ScoreMixer.fit_statistics(cfg["score_columns"], pool.scores)
+def build_scorer(cfg: TrainConfig, pool, image_dim: int, text_dim: int) -> torch.nn.Module:
+    if cfg.mode == "flyt":
+        s = cfg.scorer
+        return SwiGLUScorer(image_dim, text_dim, s.hidden_dim, s.depth, s.cosine_init, s.init_noise)
+    return ScoreMixer.fit_statistics(cfg.score_columns, pool.scores)
 
 
 def sample_task_batch(task, rng: np.random.Generator, size: int, dtype, comm=None) -> TaskBatch:
@@ -62,19 +57,19 @@ def sample_task_batch(task, rng: np.random.Generator, size: int, dtype, comm=Non
     )
 
 
-def build_reference(cfg: dict, image_dim: int, text_dim: int, device):
+def build_reference(cfg: TrainConfig, image_dim: int, text_dim: int, device):
     """The reference model theta and its initial params (embedding heads or a whole open_clip CLIP)."""
-    r = cfg["reference"]
-    dtype = getattr(torch, cfg["dtype"])
-    if r["kind"] == "openclip":
+    r = cfg.reference
+    dtype = getattr(torch, cfg.dtype)
+    if r.kind == "openclip":
         from flyt.models.openclip_reference import OpenCLIPReference
 
-        bf16 = r["precision"] == "bf16" or (r["precision"] == "auto" and device.type == "cuda")
-        torch.manual_seed(cfg["seed"])  # random init is the same on every rank
-        reference = OpenCLIPReference(r["model"], r["weights"], device=device, bf16=bf16)
+        bf16 = r.precision == "bf16" or (r.precision == "auto" and device.type == "cuda")
+        torch.manual_seed(cfg.seed)  # random init is the same on every rank
+        reference = OpenCLIPReference(r.model, r.weights, device=device, bf16=bf16)
         return reference, reference.init_params(dtype=dtype)
-    reference = EmbeddingReference(image_dim, text_dim, r["embed_dim"], r["init"], r["logit_scale"])
-    return reference, reference.init_params(torch.Generator().manual_seed(cfg["seed"]), dtype=dtype)
+    reference = EmbeddingReference(image_dim, text_dim, r.embed_dim, r.init, r.logit_scale)
+    return reference, reference.init_params(torch.Generator().manual_seed(cfg.seed), dtype=dtype)
 
 
 class Checkpoints:
@@ -97,46 +92,48 @@ class Checkpoints:
             torch_save(state, self.dir / f"step_{step_done:07d}.pt")
 
 
-def train(cfg: dict, resume: bool = False, progress: bool | None = None) -> Path:
-    """Train a FLYT (mode flyt) or M-FLYT (mode mflyt) scorer; returns the path of scorer.pt."""
-    cfg = config_mod.validate(cfg)
-    run_dir = Path(cfg["out"])
-    checkpoints = Checkpoints(run_dir, cfg["checkpoint_every"], cfg["keep_checkpoint_every"])
+def train(cfg: TrainConfig | Mapping, resume: bool = False, progress: bool | None = None) -> Path:
+    """Train a FLYT (mode flyt) or M-FLYT (mode mflyt) scorer; returns the path of scorer.pt.
+
+    ``cfg``: a TrainConfig, or a mapping of its keys (relative paths then resolve against the working
+    directory). Either is validated here.
+    """
+    cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, Mapping) else cfg.validated()
+    run_dir = Path(cfg.out)
+    checkpoints = Checkpoints(run_dir, cfg.checkpoint_every, cfg.keep_checkpoint_every)
     if checkpoints.latest.exists() and not resume:
         raise FlytError(f"{run_dir} already holds a run; pass --resume to continue it or choose another 'out'")
     if resume and not checkpoints.latest.exists():
         raise FlytError(f"--resume: no checkpoint in {checkpoints.dir}")
-    dtype = getattr(torch, cfg["dtype"])
-    torch.manual_seed(cfg["seed"])
-    r = cfg["reference"]
-    raw = r["kind"] == "openclip"  # the reference reads raw images and captions
-    device = distributed.local_device(r["device"]) if raw else torch.device("cpu")
+    dtype = getattr(torch, cfg.dtype)
+    torch.manual_seed(cfg.seed)
+    r = cfg.reference
+    raw = r.kind == "openclip"  # the reference reads raw images and captions
+    device = distributed.local_device(r.device) if raw else torch.device("cpu")
     comm = distributed.setup(device.type)
     comm.barrier()  # every rank has checked the run directory before rank 0 writes into it
 
     # Data: the whole pool's embeddings (and M-FLYT inputs) in memory, tasks with their prompts.
-    pool = load_pool(cfg["pool"], embeddings=True, score_columns=cfg["score_columns"], score_dirs=cfg["scores"],
-                     fraction=cfg["pool_fraction"])
+    pool = load_pool(cfg.pool, embeddings=True, score_columns=cfg.score_columns, score_dirs=cfg.scores,
+                     fraction=cfg.pool_fraction, pair=cfg.pair)
     image_dim, text_dim = pool.image.shape[1], pool.text.shape[1]
     if raw:
-        from flyt.train import raw_inputs
+        from flyt.training import raw_inputs
 
-        pairs = raw_inputs.open_pool(r["pool_shards"], pool.uids)
-        tasks = raw_inputs.load_raw_tasks(cfg["tasks"])
+        pairs = raw_inputs.open_pool(r.pool_shards, pool.uids)
+        tasks = raw_inputs.load_raw_tasks(cfg.tasks)
     else:
-        tasks = [load_task(t, image_dim=image_dim, text_dim=text_dim) for t in cfg["tasks"]]
+        tasks = [load_task(t, image_dim=image_dim, text_dim=text_dim) for t in cfg.tasks]
 
     # Models: scorer phi, reference theta (+ its optimizer state), downstream logit scale psi.
     scorer = build_scorer(cfg, pool, image_dim, text_dim).to(device, dtype)
     reference, params = build_reference(cfg, image_dim, text_dim, device)
-    ref_opt = AdamWConfig(cfg["reference_lr"], r["beta1"], r["beta2"], r["eps"], r["weight_decay"])
-    step_fn = adamw_step if r["optimizer"] == "adamw" else sgd_step
+    ref_opt = AdamWConfig(cfg.reference_lr, r.beta1, r.beta2, r.eps, r.weight_decay)
+    step_fn = adamw_step if r.optimizer == "adamw" else sgd_step
     ref_state = adamw_init(params)
-    psi = torch.nn.Parameter(torch.tensor(cfg["downstream_logit_scale"], dtype=dtype, device=device))
-    scorer_opt = torch.optim.AdamW(
-        scorer.parameters(), lr=cfg["scorer_lr"], weight_decay=cfg["scorer"]["weight_decay"]
-    )
-    psi_opt = torch.optim.Adam([psi], lr=cfg["downstream_scale_lr"], betas=(0.9, 0.98), eps=1e-6)
+    psi = torch.nn.Parameter(torch.tensor(cfg.downstream_logit_scale, dtype=dtype, device=device))
+    scorer_opt = torch.optim.AdamW(scorer.parameters(), lr=cfg.scorer_lr, weight_decay=cfg.scorer.weight_decay)
+    psi_opt = torch.optim.Adam([psi], lr=cfg.downstream_scale_lr, betas=(0.9, 0.98), eps=1e-6)
     start = 0
 
     metrics_path = run_dir / "metrics.jsonl"
@@ -153,7 +150,7 @@ def train(cfg: dict, resume: bool = False, progress: bool | None = None) -> Path
             _truncate_metrics(metrics_path, start)
     elif comm.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(config_mod.dump(cfg), run_dir / "config.yaml")
+        write_text(dump(cfg), run_dir / "config.yaml")
         write_text("", metrics_path)
     comm.barrier()
 
@@ -166,20 +163,20 @@ def train(cfg: dict, resume: bool = False, progress: bool | None = None) -> Path
             "reference_state": ref_state,
             "psi": psi.detach().clone(),
             "psi_opt": psi_opt.state_dict(),
-            "config": cfg,
+            "config": cfg.to_dict(),
         }
 
     n = len(pool)
-    batch = min(cfg["upstream_batch"], n)
+    batch = min(cfg.upstream_batch, n)
     if batch < comm.world:
         raise FlytError(f"upstream_batch {batch} is smaller than the {comm.world} data-parallel processes")
     show = (sys.stderr.isatty() if progress is None else progress) and comm.rank == 0
-    bar = tqdm(range(start, cfg["steps"]), initial=start, total=cfg["steps"], disable=not show, desc=cfg["mode"])
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not show, desc=cfg.mode)
     # only rank 0 writes metrics and checkpoints; the others hold an unused handle
     with open(metrics_path if comm.rank == 0 else os.devnull, "a") as metrics:
         for step in bar:
             t0 = time.perf_counter()
-            rng = np.random.default_rng([cfg["seed"], step])
+            rng = np.random.default_rng([cfg.seed, step])
             idx = np.sort(rng.choice(n, size=batch, replace=False))
             mine = comm.chunk(idx)  # data-parallel: this rank's contiguous chunk of the global batch
             # the scorer's input: the pool's frozen embeddings
@@ -187,14 +184,14 @@ def train(cfg: dict, resume: bool = False, progress: bool | None = None) -> Path
             emb_text = torch.as_tensor(pool.text[mine], dtype=dtype, device=device)
             if raw:  # the reference's input: the same examples' raw pixels and tokens, by uid
                 up_image, up_text = raw_inputs.upstream_inputs(reference, pairs, pool.uids[mine], device)
-                task_batches = [raw_inputs.task_batch(reference, t, rng, cfg["downstream_batch"], comm, device)
+                task_batches = [raw_inputs.task_batch(reference, t, rng, cfg.downstream_batch, comm, device)
                                 for t in tasks]
             else:
                 up_image, up_text = emb_image, emb_text
-                task_batches = [sample_task_batch(t, rng, cfg["downstream_batch"], dtype, comm) for t in tasks]
+                task_batches = [sample_task_batch(t, rng, cfg.downstream_batch, dtype, comm) for t in tasks]
 
             # w = softmax(q_phi(x_B)) over the whole global batch (scores gathered before the softmax)
-            if cfg["mode"] == "flyt":
+            if cfg.mode == "flyt":
                 scores = scorer(emb_image, emb_text)
             else:
                 scores = scorer(torch.as_tensor(pool.scores[mine], device=device))
@@ -202,11 +199,11 @@ def train(cfg: dict, resume: bool = False, progress: bool | None = None) -> Path
 
             meta = meta_gradient(
                 reference, params, ref_state, psi, up_image, up_text, log_w, task_batches, ref_opt, step_fn,
-                comm=comm, chunk=r["chunk_size"] if raw else None,
+                comm=comm, chunk=r.chunk_size if raw else None,
             )
 
             # Scorer step: d/dphi < log_softmax(q_phi(x_B)), sg(dL_down/dlog w) > is the meta-gradient.
-            lr = cosine_lr(step, cfg["scorer_lr"], cfg["warmup_steps"], cfg["steps"])
+            lr = cosine_lr(step, cfg.scorer_lr, cfg.warmup_steps, cfg.steps)
             for group in scorer_opt.param_groups:
                 group["lr"] = lr
             scorer_opt.zero_grad(set_to_none=True)
@@ -217,7 +214,7 @@ def train(cfg: dict, resume: bool = False, progress: bool | None = None) -> Path
             ) and all(torch.isfinite(p).all() for p in meta.new_params.values())
             if finite:
                 scorer_opt.step()
-                if cfg["update_reference"]:  # theta <- theta'; the Adam state advances once per step
+                if cfg.update_reference:  # theta <- theta'; the Adam state advances once per step
                     params, ref_state = meta.new_params, meta.new_state
                     psi.grad = meta.grad_psi.to(dtype)
                     psi_opt.step()
@@ -236,17 +233,17 @@ def train(cfg: dict, resume: bool = False, progress: bool | None = None) -> Path
                 "downstream_logit_scale": float(psi.detach()),
                 "seconds": time.perf_counter() - t0,
             }
-            if cfg["mode"] == "mflyt":
+            if cfg.mode == "mflyt":
                 row["weights"] = scorer.weights()
             if comm.rank == 0:
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
-                checkpoints.maybe_save(step + 1, cfg["steps"], lambda: state_now(step + 1))
+                checkpoints.maybe_save(step + 1, cfg.steps, lambda done=step + 1: state_now(done))
             bar.set_postfix(down=f"{meta.downstream_loss:.4f}", up=f"{meta.upstream_loss:.3f}")
 
     out = run_dir / "scorer.pt"
     if comm.rank == 0:
-        save_scorer(out, cfg["mode"], cfg["name"], scorer.float().cpu(), train_config=cfg)
+        save_scorer(out, cfg.mode, cfg.name, scorer.float().cpu(), train_config=cfg.to_dict())
     comm.barrier()
     comm.close()
     return out

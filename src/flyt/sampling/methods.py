@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from flyt.errors import FlytError
-from flyt.sample.clocks import RaceClock, RankClock
+from flyt.sampling.clocks import RaceClock, RankClock
 
 METHODS = ("scs", "hcs", "topk", "threshold")
 

@@ -2,40 +2,25 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Sequence
 
 import numpy as np
 
+from flyt.engines import get_map_shards
 from flyt.errors import FlytError
-from flyt.sample.batched import batched_counts
-from flyt.sample.methods import SampleSpec
-from flyt.sample.randomness import checksum, combine_checksums, fingerprint
-from flyt.sample.select import Selection, select, uid_order
-
-ENGINES = ("local", "ray")
-
-
-def engine_map(engine: str):
-    """The ``map_shards(fn, items, workers)`` of an engine; Ray is imported only when asked for."""
-    if engine not in ENGINES:
-        raise FlytError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    try:
-        module = importlib.import_module(f"flyt.engines.{engine}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"flyt.engines.{engine}":
-            raise FlytError(f"--engine {engine} is not available in this installation of flyt") from None
-        raise
-    return module.map_shards
+from flyt.sampling.batched import batched_counts
+from flyt.sampling.methods import SampleSpec
+from flyt.sampling.randomness import checksum, combine_checksums, fingerprint
+from flyt.sampling.select import Selection, select, uid_order
 
 
 def sample(spec: SampleSpec, sources: Sequence, engine: str = "local", workers: int = 1) -> Selection:
-    """Draw the multiset ``spec`` asks for from score ``sources`` (see flyt.sample.sources)."""
+    """Draw the multiset ``spec`` asks for from score ``sources`` (see flyt.sampling.sources)."""
     spec.validate()
     if workers < 1:
         raise FlytError(f"--workers must be a positive integer, got {workers}")
-    map_shards = engine_map(engine)
+    map_shards = get_map_shards(engine)
     clock = spec.clock()
     if spec.batch is not None:
         return _sample_batched(spec, sources, map_shards, workers)

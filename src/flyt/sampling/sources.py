@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from flyt.errors import FlytError
 from flyt.io.arrays import check_finite, float_column
-from flyt.io.pool import list_shards, read_table
+from flyt.io.parquet import list_shards, read_table
 from flyt.io.uids import UID_DTYPE, uids_to_pairs
 
 

@@ -1,0 +1,86 @@
+"""The offline benchmark's protocol (DataComp's, in miniature; docs/demo.md): what each stage may read.
+
+- Each task's train split is cut into fit (train) and validation, stratified by class; test splits are
+  read only for the final table.
+- FLYT/M-FLYT and the scorers that read downstream data see only fit; a strategy's option is the one
+  whose student scores the highest average accuracy on validation.
+- Cached work is named by ``cache_key`` of what it depends on; ``benchmark_key`` is the part shared by
+  the teacher, the baseline scores and the students.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from flyt.bench.strategies import BASELINES
+from flyt.bench.student import StudentConfig
+from flyt.errors import FlytError
+from flyt.io.cache import cache_key
+from flyt.io.parquet import list_shards, read_schema, read_table
+from flyt.io.tasks import Split, Task, load_task
+
+# The baseline scorers run over the pool (flyt.scorers.registry names; "caption" writes CAPTION_COLUMNS).
+BASELINE_SCORERS = ["clip_score", "negclip_loss", "normsim_inf", "normsim_2", "classifier", "image_based", "caption"]
+CAPTION_COLUMNS = ["caption_words", "caption_chars", "caption_non_latin"]
+# M-FLYT's inputs: every baseline score column and FLYT's.
+MIX_INPUTS = [c for c in BASELINES if c != "caption_words"] + CAPTION_COLUMNS + ["flyt"]
+# benchmark.json fields that record how (and how fast) it was built, not what it is
+_NOT_IDENTITY = ("timings", "encoded", "out", "build_wall_s")
+
+
+def load_tasks(tasks_dir: Path) -> list[Task]:
+    """Every task directory under ``tasks_dir``, by name."""
+    return [load_task(d) for d in sorted(Path(tasks_dir).iterdir()) if d.is_dir()]
+
+
+def split_validation(tasks: list[Task], fraction: float, seed: int) -> list[Task]:
+    """Each task with its train split cut into train (fit) and ``validation``, stratified by class;
+    ``test`` is kept as it is. Every class with two or more rows gives at least one validation row:
+    a task with an empty validation split would make every validation average NaN, and the choice of
+    option silently the first."""
+    out = []
+    for task in tasks:
+        rng = np.random.default_rng(seed)
+        labels = task.train.labels
+        val_idx = []
+        for c in range(task.num_classes):
+            rows = rng.permutation(np.flatnonzero(labels == c))
+            k = int(round(len(rows) * fraction))
+            val_idx.extend(rows[: max(k, 1) if len(rows) > 1 else k])
+        is_val = np.zeros(len(labels), bool)
+        is_val[val_idx] = True
+        fit = Split(task.train.images[~is_val], labels[~is_val])
+        out.append(replace(task, train=fit, validation=Split(task.train.images[is_val], labels[is_val])))
+    return out
+
+
+def benchmark_key(bench_dir: Path, teacher: StudentConfig, validation_seed: int, validation_fraction: float) -> str:
+    """The key of what the teacher, the baseline scores and the students depend on: the benchmark's
+    identity (benchmark.json without its timings and paths), the teacher's settings and the split."""
+    summary = json.loads((Path(bench_dir) / "benchmark.json").read_text())
+    identity = {k: v for k, v in summary.items() if k not in _NOT_IDENTITY}
+    return cache_key(identity, asdict(teacher), [validation_seed, validation_fraction])
+
+
+def pool_metadata(pool_dir: Path, uids: np.ndarray) -> pa.Table:
+    """The non-embedding columns of the benchmark pool (text, source, defect, image_sha1), in pool order."""
+    wanted = ["uid", "text", "source", "defect", "image_sha1"]
+    parts = []
+    for path in list_shards(pool_dir):
+        names = read_schema(path).names
+        parts.append(read_table(path, [c for c in wanted if c in names]))
+    table = pa.concat_tables(parts, promote_options="default")
+    if table.column("uid").to_pylist() != list(uids):
+        raise FlytError(f"{pool_dir}: shards changed while reading")
+    return table
+
+
+def best_option(val_averages: list) -> int:
+    """The choice rule: the option with the highest validation average (the first on ties); an option
+    without one (a strategy with nothing to choose trains no validation student) counts as -inf."""
+    return max(range(len(val_averages)), key=lambda i: -np.inf if val_averages[i] is None else val_averages[i])

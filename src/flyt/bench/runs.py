@@ -1,0 +1,73 @@
+"""Cached runs of the benchmark: scorers trained by ``flyt.train`` and students trained and evaluated.
+
+Each run's result is a deterministic function of its inputs, so it is stored under ``cache_key`` of
+them and reused by a later run with the same inputs (a different input is a different key, never a
+stale result).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from flyt.bench.evaluate import evaluate
+from flyt.bench.student import StudentConfig, train_students
+from flyt.io.atomic import write_json
+from flyt.io.cache import cache_key
+from flyt.io.tasks import Task
+from flyt.models.checkpoint import load_scorer
+from flyt.training.loop import train
+
+
+def train_scorer(config: dict, runs_dir: Path, log: Callable[[str], None]) -> Path:
+    """Train (or reuse) the scorer of a training config (flyt.training's, without ``out``) in
+    ``runs_dir/<mode>-<key of the config>``; an interrupted run resumes from its latest checkpoint."""
+    run_dir = Path(runs_dir) / f"{config['mode']}-{cache_key(config)}"
+    if (run_dir / "scorer.pt").is_file():
+        log(f"{config['mode']}: cached in {run_dir}")
+        return run_dir / "scorer.pt"
+    resume = (run_dir / "checkpoints" / "latest.pt").is_file()
+    t = time.perf_counter()
+    path = train({**config, "out": str(run_dir)}, resume=resume, progress=False)
+    log(f"{config['mode']}: trained {config['steps']} steps in {time.perf_counter() - t:.1f}s")
+    return Path(path)
+
+
+def mixer_weights(path: Path) -> dict[str, float]:
+    """An M-FLYT checkpoint's weight on each (standardised) input score column."""
+    return load_scorer(path).model.weights()
+
+
+class StudentRuns:
+    """Students trained and evaluated, cached by what determines their result.
+
+    A student's accuracies are a deterministic function of its training multiset (row indices, in
+    order), its seed, the student settings, the benchmark (``data_key``) and the evaluated split, so a
+    re-run reuses them: ``<dir>/<key of those>.json``. Missing students train together in one batch.
+    """
+
+    def __init__(self, directory: Path, data_key: str, raw, config: StudentConfig):
+        self.dir, self.data_key, self.raw, self.config = Path(directory), data_key, raw, config
+        self.trained = self.cached = 0
+
+    def _path(self, indices: np.ndarray, seed: int, split: str) -> Path:
+        key = cache_key(np.asarray(indices, dtype=np.int64), self.data_key, asdict(self.config), int(seed), split,
+                        length=16)
+        return self.dir / f"{key}.json"
+
+    def evaluate(self, runs: list, tasks: list[Task], split: str) -> list[dict]:
+        """Per-task accuracies on the tasks' ``split`` (validation or test) and their average, for each
+        ``(indices, seed)`` in ``runs``."""
+        paths = [self._path(idx, seed, split) for idx, seed in runs]
+        todo = [i for i, p in enumerate(paths) if not p.is_file()]
+        self.trained, self.cached = self.trained + len(todo), self.cached + len(runs) - len(todo)
+        if todo:
+            trained = train_students(self.raw.image, self.raw.text, [runs[i] for i in todo], self.config)
+            for i, student in zip(todo, trained):
+                write_json(evaluate(student, tasks, split=split), paths[i])
+        return [json.loads(p.read_text()) for p in paths]

@@ -1,0 +1,164 @@
+"""The offline benchmark's data-selection strategies: which subset of the pool each option draws.
+
+A strategy has a ``name`` (its key in results.json and its subset file's stem), a ``label`` (its row in
+the results table), the score ``column`` it reads (None for no filtering and random), and a grid of
+``options``; ``draw(value, context)`` returns the multiset one option selects. Kinds:
+
+- no filtering: every pool pair once (one option, nothing to choose);
+- random fraction: a uniform fraction f of the pairs, each once (one option);
+- top fraction: the floor(f n) highest-scored pairs, each once (options: fractions f);
+- Soft Cap Sampling: exactly ``budget`` draws with repeats, penalty D per copy (options: penalties D).
+
+In results.json an option is written ``[kind, value]`` (``["all"]`` for no filtering).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Mapping
+
+import numpy as np
+
+from flyt.bench.student import multiset_indices
+from flyt.io.subsets import write_subset
+from flyt.io.uids import UID_DTYPE, uids_to_pairs
+from flyt.sampling.api import sample
+from flyt.sampling.methods import SampleSpec
+from flyt.sampling.sources import score_sources
+
+# The single-score baselines, each a top-fraction strategy (score column -> label).
+BASELINES = {
+    "clip_score": "CLIP score (teacher)",
+    "negclip_loss": "negCLIPLoss (teacher)",
+    "normsim_inf": "NormSim-inf",
+    "normsim_2": "NormSim-2",
+    "classifier": "Downstream-like classifier",
+    "image_based": "Image-based (k-means)",
+    "caption_words": "Caption length (words)",
+}
+# The learned scores, each drawn by top fraction and by Soft Cap Sampling (score column -> label).
+LEARNED = {"flyt": "FLYT", "mflyt": "M-FLYT"}
+
+
+@dataclass(frozen=True)
+class Subset:
+    """A drawn multiset: sorted unique uid pairs (DataComp's f0/f1 dtype) and the copies of each."""
+
+    pairs: np.ndarray
+    counts: np.ndarray
+
+    def indices(self, pool_uids: np.ndarray) -> np.ndarray:
+        """Pool row indices, one per copy (a student's training multiset)."""
+        return multiset_indices(pool_uids, np.repeat(self.pairs, self.counts))
+
+
+@dataclass(frozen=True)
+class DrawContext:
+    """What drawing needs besides the option: the pool, where each score column lives, the budget."""
+
+    pool_uids: np.ndarray
+    score_dirs: Mapping[str, Path]  # column -> its score directory; "baselines" holds every other column
+    budget: int  # samples a student sees: SCS draws exactly this many
+    seed: int  # the random fraction's seed
+
+    def directory(self, column: str) -> Path:
+        return Path(self.score_dirs.get(column, self.score_dirs["baselines"]))
+
+    def pool_pairs(self) -> np.ndarray:
+        """Every pool uid once, sorted (the order a subset file is in)."""
+        return np.sort(uids_to_pairs(self.pool_uids, "pool"), order=["f0", "f1"])
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One row of the results table: a way to draw a subset, with the options validation chooses from."""
+
+    name: str
+    label: str
+    column: str | None = None
+    options: tuple = ()
+    kind: ClassVar[str] = ""
+
+    @property
+    def chooses(self) -> bool:
+        """Whether validation has a choice to make (more than one option)."""
+        return len(self.options) > 1
+
+    def option(self, value) -> list:
+        """An option as results.json writes it: ``[kind, value]``."""
+        return [self.kind, value]
+
+    def draw(self, value, context: DrawContext) -> Subset:
+        raise NotImplementedError
+
+    def write(self, path: Path, subset: Subset, value) -> None:
+        """The subset as a DataComp ``.npy`` plus its ``.json`` summary."""
+        hist = np.bincount(subset.counts)
+        summary = {
+            "method": self.kind, "strategy": self.name, "column": self.column, "parameters": self.option(value)[1:],
+            "total": int(subset.counts.sum()), "unique": int(len(subset.counts)),
+            "max_count": int(subset.counts.max()),
+            "count_histogram": {str(c): int(k) for c, k in enumerate(hist) if c and k},
+        }
+        write_subset(path, subset.pairs.astype(UID_DTYPE), subset.counts, summary)
+
+
+@dataclass(frozen=True)
+class NoFilter(Strategy):
+    options: tuple = (None,)
+    kind: ClassVar[str] = "all"
+
+    def option(self, value) -> list:
+        return [self.kind]
+
+    def draw(self, value, context: DrawContext) -> Subset:
+        pairs = context.pool_pairs()
+        return Subset(pairs, np.ones(len(pairs), np.int64))
+
+
+@dataclass(frozen=True)
+class RandomFraction(Strategy):
+    kind: ClassVar[str] = "random"
+
+    def draw(self, value, context: DrawContext) -> Subset:
+        pairs = context.pool_pairs()
+        rng = np.random.default_rng(context.seed)
+        keep = np.sort(rng.choice(len(pairs), size=int(value * len(pairs)), replace=False))
+        return Subset(pairs[keep], np.ones(len(keep), np.int64))
+
+
+@dataclass(frozen=True)
+class TopFraction(Strategy):
+    kind: ClassVar[str] = "topk"
+
+    def draw(self, value, context: DrawContext) -> Subset:
+        return _sample(SampleSpec("topk", fraction=value, budget=context.budget), self.column, context)
+
+
+@dataclass(frozen=True)
+class SoftCapSampling(Strategy):
+    kind: ClassVar[str] = "scs"
+
+    def draw(self, value, context: DrawContext) -> Subset:
+        # SCS draws the whole samples-seen budget: the counts are the training multiset.
+        return _sample(SampleSpec("scs", total=context.budget, penalty=value, seed=0), self.column, context)
+
+
+def _sample(spec: SampleSpec, column: str, context: DrawContext) -> Subset:
+    selection = sample(spec, score_sources(context.directory(column), column))
+    return Subset(selection.pairs, selection.counts)
+
+
+def demo_strategies(fractions, penalties, random_fraction: float) -> list[Strategy]:
+    """The demo's strategies, in the results table's order: no filtering, random, every baseline by top
+    fraction, then FLYT and M-FLYT each by top fraction and by Soft Cap Sampling."""
+    out: list[Strategy] = [
+        NoFilter("no_filter", "No filtering"),
+        RandomFraction("random", f"Random {random_fraction:.0%}", options=(random_fraction,)),
+    ]
+    out += [TopFraction(c, f"{label}, top fraction", c, tuple(fractions)) for c, label in BASELINES.items()]
+    for column, label in LEARNED.items():
+        out.append(TopFraction(f"{column}_topk", f"{label}, top fraction", column, tuple(fractions)))
+        out.append(SoftCapSampling(f"{column}_scs", f"{label} + Soft Cap Sampling", column, tuple(penalties)))
+    return out

@@ -1,0 +1,313 @@
+"""The training configuration: typed dataclasses, built from YAML + ``--set key=value`` overrides or in Python.
+
+    cfg = load_config("train.yaml", ["steps=100", "reference.init=random"])   # YAML <- overrides
+    cfg = TrainConfig.from_dict({"pool": "pool/", "tasks": ["task/"]})        # a mapping, in Python
+
+Both check every key against the fields (an unknown key is an error naming the known ones), coerce
+numbers YAML read as strings ('1e-3'), and validate in one place (``TrainConfig.validated``), which
+also resolves relative paths against the config file's directory. ``to_dict()`` is the nested mapping
+written to the run's config.yaml and stored in scorer.pt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from flyt.errors import FlytError
+
+MODES = ("flyt", "mflyt")
+# open_clip's init ln(1/0.07), as flyt.models.reference.CLIP_LOGIT_SCALE_INIT; not imported from there,
+# which would load torch into every `flyt` command's start-up (the CLI builds --help from this module)
+CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)
+PAIRS = ("b32", "l14")
+
+
+@dataclass
+class ReferenceConfig:
+    """The reference model theta whose one-step update the meta-gradient differentiates through."""
+
+    kind: str = "embedding"  # embedding: projection heads on the frozen embeddings | openclip: a whole CLIP
+    embed_dim: int | None = None  # default: the embeddings' own dimension
+    init: str = "auto"  # identity when image/text share one space, else random
+    logit_scale: float = CLIP_LOGIT_SCALE_INIT  # initial LOG logit scale, ln(1/0.07)
+    optimizer: str = "adamw"  # adamw (the paper) | sgd
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.98  # AdamW second-moment decay
+    eps: float = 1.0e-6  # AdamW denominator epsilon
+    weight_decay: float = 0.2  # AdamW decoupled weight decay (on >= 2-D weights only)
+    # kind openclip only (the reference trains on raw images; `tasks` are then clip_benchmark
+    # webdataset directories: classnames.txt, zeroshot_classification_templates.txt, train/*.tar)
+    model: str = "ViT-B-32"  # an open_clip model name
+    weights: str | None = None  # a local checkpoint file; None = random init (nothing is downloaded)
+    pool_shards: list[str] = field(default_factory=list)  # webdataset shards of the pool's raw pairs (by uid)
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    device: str = "auto"  # auto (cuda:LOCAL_RANK when available) | cpu | cuda
+    chunk_size: int | None = None  # run the towers on this many upstream rows at a time (bounds activation memory)
+
+
+@dataclass
+class ScorerHeadConfig:
+    """The FLYT scorer: a SwiGLU head over the concatenated image and text embeddings (mode flyt)."""
+
+    hidden_dim: int | None = None  # default: input dimension
+    depth: int = 1  # number of SwiGLU blocks
+    cosine_init: bool = False  # start as the cosine similarity of the two embeddings
+    init_noise: float = 0.01  # std of the noise added to the initial weights
+    weight_decay: float = 0.0  # the scorer optimizer's AdamW weight decay
+
+
+@dataclass
+class TrainConfig:
+    """A FLYT / M-FLYT training run (SPEC.md sections 2 and 3)."""
+
+    mode: str = "flyt"  # flyt: SwiGLU head over embeddings | mflyt: linear mix of score columns
+    name: str | None = None  # the score column a trained scorer writes (default: the mode)
+    pool: str | None = None  # flyt pool directory, or DataComp metadata directory (parquet + npz)
+    pair: str = "l14"  # DataComp pool: the embedding pair to read, b32 | l14 (flyt pools: ignored)
+    pool_fraction: float = 1.0  # train on a uniform, shard-independent sample of the pool (by uid) this size
+    scores: list[str] = field(default_factory=list)  # extra score directories, joined to the pool by uid
+    score_columns: list[str] = field(default_factory=list)  # M-FLYT inputs
+    tasks: list[str] = field(default_factory=list)  # downstream task directories
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)  # the reference model theta
+    scorer: ScorerHeadConfig = field(default_factory=ScorerHeadConfig)  # the FLYT scorer head
+    steps: int = 5000  # training steps
+    warmup_steps: int = 100  # linear warm-up of the scorer's learning rate, then cosine decay to 0
+    upstream_batch: int = 4096  # pool examples per step
+    downstream_batch: int = 3072  # examples per task per step
+    scorer_lr: float = 1.0e-3  # the scorer's peak learning rate
+    reference_lr: float = 5.0e-5  # the reference's (inner) learning rate
+    downstream_logit_scale: float = CLIP_LOGIT_SCALE_INIT  # psi init: LOG downstream logit scale, ln(1/0.07)
+    downstream_scale_lr: float = 1.0e-3  # psi's Adam learning rate
+    update_reference: bool = True  # move the reference to theta' after each step (else it stays fixed)
+    seed: int = 0  # seeds the init and every step's draws
+    out: str = "runs/flyt"  # run directory: config.yaml, metrics.jsonl, checkpoints/, scorer.pt
+    checkpoint_every: int = 100  # write checkpoints/latest.pt every this many steps
+    keep_checkpoint_every: int = 1000  # also keep checkpoints/step_XXXXXXX.pt at these steps
+    dtype: str = "float32"  # float32 | float64
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping, base_dir: str | os.PathLike = ".") -> TrainConfig:
+        """Defaults <- ``mapping`` (nested like ``to_dict()``), validated; relative paths resolved
+        against ``base_dir``."""
+        if not isinstance(mapping, Mapping):
+            raise FlytError(f"the config must be a mapping of keys to values, got {type(mapping).__name__}")
+        return _apply(cls(), mapping).validated(base_dir)
+
+    def to_dict(self) -> dict:
+        """The nested mapping of keys to plain values (config.yaml, scorer.pt's train config)."""
+        return dataclasses.asdict(self)
+
+    def validated(self, base_dir: str | os.PathLike = ".") -> TrainConfig:
+        """A checked copy: lists normalised, relative paths resolved against ``base_dir``, ``name``
+        defaulted to the mode. Raises FlytError naming the first bad key. Idempotent."""
+        return _validate(_apply(type(self)(), self.to_dict()), Path(base_dir))
+
+
+def config_keys(cls=TrainConfig, prefix: str = "") -> list[str]:
+    """Every key a config may set, dotted for nested ones, in field order (for --help)."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        nested = _nested_type(cls, f.name)
+        keys += config_keys(nested, f"{prefix}{f.name}.") if nested else [f"{prefix}{f.name}"]
+    return keys
+
+
+def parse_override(item: str) -> dict:
+    """'a.b=value' -> {'a': {'b': value}} with value parsed as YAML (numbers, booleans, lists)."""
+    if "=" not in item:
+        raise FlytError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(path=None, overrides: list[str] | tuple = ()) -> TrainConfig:
+    """Defaults <- YAML file <- overrides, validated; relative paths resolved against the file."""
+    cfg = TrainConfig()
+    base_dir = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FlytError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise FlytError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise FlytError(f"{path}: the config must be a mapping of keys to values")
+        cfg = _apply(cfg, data)
+        base_dir = path.parent
+    for item in overrides:
+        cfg = _apply(cfg, parse_override(item))
+    return cfg.validated(base_dir)
+
+
+def dump(cfg: TrainConfig) -> str:
+    """config.yaml's text: the nested mapping, in field order."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Building (key and shape checks) and validation (value checks), each in one place
+
+
+def _apply(obj, update: Mapping, prefix: str = ""):
+    """A copy of the dataclass ``obj`` with ``update``'s keys set (nested mappings merged into the
+    nested configs); unknown keys and non-mappings for nested configs are errors."""
+    names = [f.name for f in dataclasses.fields(obj)]
+    changes = {}
+    for key, value in update.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            known = ", ".join(f"{prefix}{k}" for k in names)
+            raise FlytError(f"unknown config key '{full}' (known: {known})")
+        nested = _nested_type(type(obj), key)
+        if nested is not None:
+            if isinstance(value, nested):  # a ReferenceConfig / ScorerHeadConfig built in Python
+                value = dataclasses.asdict(value)
+            if not isinstance(value, Mapping):
+                raise FlytError(f"config key '{full}' must be a mapping")
+            changes[key] = _apply(getattr(obj, key), value, prefix=f"{full}.")
+        else:
+            changes[key] = _coerce_number(_field_types(type(obj))[key], value)
+    return dataclasses.replace(obj, **changes)
+
+
+def _coerce_number(annotation, value):
+    """YAML reads '1e-3' (no dot) as a string; accept it where the key holds a number."""
+    if isinstance(value, str) and _allowed(annotation) & {int, float}:
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+    return value
+
+
+def _validate(cfg: TrainConfig, base_dir: Path) -> TrainConfig:
+    ref = cfg.reference
+    if cfg.mode not in MODES:
+        raise FlytError(f"config key 'mode' must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    if not cfg.pool:
+        raise FlytError("config key 'pool' is required (a flyt pool or DataComp metadata directory)")
+    if not cfg.tasks:
+        raise FlytError("config key 'tasks' is required (a list of task directories)")
+    cfg.tasks, cfg.scores = _as_list(cfg.tasks), _as_list(cfg.scores)
+    cfg.score_columns = _as_list(cfg.score_columns)
+    ref.pool_shards = _as_list(ref.pool_shards)
+    if cfg.mode == "mflyt" and not cfg.score_columns:
+        raise FlytError("config key 'score_columns' is required for mode mflyt")
+    if cfg.pair not in PAIRS:
+        raise FlytError(f"config key 'pair' must be b32 or l14, got {cfg.pair!r}")
+    for key in ("steps", "upstream_batch", "downstream_batch", "checkpoint_every", "keep_checkpoint_every"):
+        value = getattr(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise FlytError(f"config key '{key}' must be a positive integer, got {value!r}")
+    if not isinstance(cfg.warmup_steps, int) or isinstance(cfg.warmup_steps, bool) or cfg.warmup_steps < 0:
+        raise FlytError(f"config key 'warmup_steps' must be a non-negative integer, got {cfg.warmup_steps!r}")
+    for key in ("scorer_lr", "reference_lr", "downstream_scale_lr"):
+        value = getattr(cfg, key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise FlytError(f"config key '{key}' must be a non-negative number, got {value!r}")
+    f = cfg.pool_fraction
+    if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1:
+        raise FlytError(f"config key 'pool_fraction' must be in (0, 1], got {f!r}")
+    if cfg.dtype not in ("float32", "float64"):
+        raise FlytError(f"config key 'dtype' must be float32 or float64, got {cfg.dtype!r}")
+    if ref.kind not in ("embedding", "openclip"):
+        raise FlytError(f"config key 'reference.kind' must be embedding or openclip, got {ref.kind!r}")
+    if ref.kind == "openclip":
+        if not ref.pool_shards:
+            raise FlytError("config key 'reference.pool_shards' is required for reference.kind openclip")
+        if ref.precision not in ("auto", "fp32", "bf16"):
+            raise FlytError(f"config key 'reference.precision' must be auto, fp32 or bf16, got {ref.precision!r}")
+        chunk = ref.chunk_size
+        if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
+            raise FlytError(f"config key 'reference.chunk_size' must be a positive integer or null, got {chunk!r}")
+        if ref.device not in ("auto", "cpu", "cuda"):
+            raise FlytError(f"config key 'reference.device' must be auto, cpu or cuda, got {ref.device!r}")
+    if ref.optimizer not in ("adamw", "sgd"):
+        raise FlytError(f"config key 'reference.optimizer' must be adamw or sgd, got {ref.optimizer!r}")
+    # every other key: the type its field declares (paths may be os.PathLike; ints pass for floats)
+    _check_types(cfg)
+
+    def resolve(p) -> str:
+        return str(p if Path(p).is_absolute() else (base_dir / p))
+
+    cfg.pool = resolve(cfg.pool)
+    cfg.tasks = [resolve(t) for t in cfg.tasks]
+    cfg.scores = [resolve(s) for s in cfg.scores]
+    cfg.out = resolve(cfg.out)
+    if ref.kind == "openclip":
+        ref.pool_shards = [resolve(p) for p in ref.pool_shards]
+        ref.weights = resolve(ref.weights) if ref.weights else None
+    cfg.name = cfg.name or cfg.mode
+    return cfg
+
+
+PATH_KEYS = {"pool", "tasks", "scores", "out", "reference.weights", "reference.pool_shards"}
+
+
+def _check_types(obj, prefix: str = "") -> None:
+    for key, annotation in _field_types(type(obj)).items():
+        full, value = f"{prefix}{key}", getattr(obj, key)
+        if dataclasses.is_dataclass(value):
+            _check_types(value, f"{full}.")
+            continue
+        allowed = _allowed(annotation)
+        is_path = full in PATH_KEYS
+        if list in allowed:
+            if not isinstance(value, list) or not all(_is_instance(v, {str}, is_path) for v in value):
+                raise FlytError(f"config key '{full}' must be a list of strings, got {value!r}")
+        elif not _is_instance(value, allowed, is_path):
+            names = " or ".join(t.__name__ for t in allowed if t is not type(None)) + (
+                " or null" if type(None) in allowed else "")
+            raise FlytError(f"config key '{full}' must be {names}, got {value!r}")
+
+
+def _is_instance(value, allowed: set, is_path: bool) -> bool:
+    if isinstance(value, bool):  # bool is an int subclass: only where the field says bool
+        return bool in allowed
+    if isinstance(value, int) and float in allowed:
+        return True
+    if is_path and isinstance(value, os.PathLike):
+        return True
+    return isinstance(value, tuple(allowed))
+
+
+def _as_list(value) -> list:
+    if isinstance(value, (str, os.PathLike)):
+        return [value]
+    return list(value) if isinstance(value, tuple) else value
+
+
+@functools.cache
+def _field_types(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _allowed(annotation) -> set:
+    """The runtime classes an annotation admits: ``int | None`` -> {int, NoneType}, list[str] -> {list}."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return set().union(*(_allowed(a) for a in typing.get_args(annotation)))
+    return {typing.get_origin(annotation) or annotation}
+
+
+def _nested_type(cls, name: str):
+    annotation = _field_types(cls)[name]
+    return annotation if dataclasses.is_dataclass(annotation) else None
