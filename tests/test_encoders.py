@@ -11,9 +11,10 @@ from _encoders_helpers import FakeEncoder, png
 from flyt.cli.main import main
 from flyt.encoders import get_encoder
 from flyt.encoders.cache import CachedEncoder
-from flyt.encoders.embed import embed_pairs, embed_task, read_pairs, read_task_input
+from flyt.encoders.embed import embed_pairs, embed_task
 from flyt.errors import FlytError
 from flyt.io.images import decode_image
+from flyt.io.inputs import read_pairs, read_task_input
 from flyt.io.pool import load_pool
 from flyt.io.tasks import load_task
 from flyt.io.uids import content_uid

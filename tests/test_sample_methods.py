@@ -13,7 +13,6 @@ from flyt.sampling import ArrayScores, SampleSpec, sample
 from flyt.sampling import select as select_mod
 from flyt.sampling.randomness import exponentials, fingerprint, seed_keys
 from flyt.sampling.select import uid_order
-from flyt.sampling.sources import arrow_uid_pairs
 
 
 def _direct_race(pairs, scores, total, delta, cap, temperature, seed, max_k=60):
@@ -114,13 +113,13 @@ def test_exponentials_are_exp1_and_keyed_by_seed_uid_step():
 def test_arrow_uid_fast_path_equals_reference_parser():
     uids, _ = small_pool(100, seed=8)
     arr = pa.chunked_array([pa.array(uids[:40]), pa.array(uids[40:])])
-    assert (arrow_uid_pairs(arr, "x") == uids_to_pairs(uids)).all()
+    assert (uids_to_pairs(arr, "x") == uids_to_pairs(uids)).all()
     sliced = pa.array(uids).slice(17, 50)
-    assert (arrow_uid_pairs(sliced, "x") == uids_to_pairs(uids[17:67])).all()
+    assert (uids_to_pairs(sliced, "x") == uids_to_pairs(uids[17:67])).all()
     with pytest.raises(FlytError, match="row 3: uid"):
-        arrow_uid_pairs(pa.array(list(uids[:3]) + ["Z" * 32]), "x")
+        uids_to_pairs(pa.array(list(uids[:3]) + ["Z" * 32]), "x")
     with pytest.raises(FlytError, match="row 1: uid is null"):
-        arrow_uid_pairs(pa.array([uids[0], None]), "x")
+        uids_to_pairs(pa.array([uids[0], None]), "x")
 
 
 def test_ray_engine_gives_identical_output():

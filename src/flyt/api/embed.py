@@ -91,7 +91,8 @@ def embed(config: EmbedConfig | dict | None = None, **fields) -> EmbedResult:
     >>> flyt.embed(what="task", input="raw/cifar10", out="data/tasks/cifar10",
     ...            encoder="openclip:ViT-B-32:/models/b32.pt")  # doctest: +SKIP
     """
-    from flyt.encoders.embed import embed_pairs, embed_task, read_pairs, read_task_input
+    from flyt.encoders.embed import embed_pairs, embed_task
+    from flyt.io.inputs import read_pairs, read_task_input
 
     cfg = make_config(EmbedConfig, config, fields, "flyt.embed")
     if cfg.what == "pool":

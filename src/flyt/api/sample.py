@@ -10,8 +10,8 @@ import numpy as np
 from flyt.api._config import make_config
 from flyt.errors import FlytError
 from flyt.io.subsets import write_subset
-from flyt.sampling.api import sample as draw
-from flyt.sampling.api import summarize
+from flyt.sampling.draw import sample as draw
+from flyt.sampling.draw import summarize
 from flyt.sampling.methods import SampleSpec
 from flyt.sampling.sources import score_sources
 

@@ -23,7 +23,7 @@ import numpy as np
 from flyt.bench.student import multiset_indices
 from flyt.io.subsets import write_subset
 from flyt.io.uids import UID_DTYPE, uids_to_pairs
-from flyt.sampling.api import sample
+from flyt.sampling.draw import sample
 from flyt.sampling.methods import SampleSpec
 from flyt.sampling.sources import score_sources
 

@@ -7,15 +7,18 @@ position: ``ScoreDirs.join`` is the one place rows of different shard sets are m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from flyt.errors import FlytError
 from flyt.io.arrays import float_column
 from flyt.io.atomic import write_parquet
 from flyt.io.parquet import list_shards, read_schema, read_table, shard_uids
+from flyt.io.uids import uids_to_pairs
 
 
 def score_table(uids, columns: dict[str, np.ndarray]) -> pa.Table:
@@ -101,3 +104,35 @@ class ScoreDirs:
                 raise FlytError(f"{where}: row {r}: uid {uids[r]} has no '{c}' in the --scores directories")
             out[c] = values
         return out
+
+
+@dataclass(frozen=True)
+class ParquetScores:
+    """One score (or pool) parquet shard and one score column, read as (uid pairs, float64 scores): what
+    the samplers read, a shard at a time (``load(stride)`` reads every stride-th row)."""
+
+    path: str
+    column: str
+
+    @property
+    def where(self) -> str:
+        return self.path
+
+    def num_rows(self) -> int:
+        try:
+            return pq.ParquetFile(self.path).metadata.num_rows
+        except Exception as exc:
+            raise FlytError(f"{self.path}: unreadable parquet shard ({type(exc).__name__}: {exc})") from None
+
+    def load(self, stride: int = 1):
+        table = read_table(self.path, ["uid", self.column])
+        scores = float_column(table, self.column, self.path)
+        uids = table.column("uid")
+        if stride > 1:  # parse only the uids asked for: parsing is most of a shard's read time
+            uids, scores = uids.take(pa.array(np.arange(0, len(scores), stride))), scores[::stride]
+        return uids_to_pairs(uids, self.path), scores
+
+
+def score_sources(directory, column: str) -> list[ParquetScores]:
+    """One source per ``*.parquet`` shard of a score directory (sorted by name)."""
+    return [ParquetScores(str(p), column) for p in list_shards(directory, kind="scores")]

@@ -124,9 +124,11 @@ def load_task(directory, image_dim: int | None = None, text_dim: int | None = No
     return Task(root.name, classnames, templates, prompts, train, test)
 
 
-def write_task(directory, classnames: list[str], templates: list[str], prompts: np.ndarray, splits: dict) -> Path:
+def write_task(directory, classnames: list[str], templates: list[str], prompts: np.ndarray, splits: dict,
+               extra: dict | None = None) -> Path:
     """Write a task directory from embeddings: ``prompts`` (templates, classes, d_txt) and
-    ``splits`` {name: (images (n, d_img), labels (n,))}. Each file is written atomically."""
+    ``splits`` {name: (images (n, d_img), labels (n,))}; ``extra`` {split: {column: values}} adds
+    columns after ``image_embedding`` and ``label`` (e.g. an image hash). Each file is written atomically."""
     import pyarrow as pa
 
     from flyt.io.arrays import fixed_size_list
@@ -135,11 +137,10 @@ def write_task(directory, classnames: list[str], templates: list[str], prompts: 
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     for name, (images, labels) in splits.items():
-        write_parquet(
-            pa.table({"image_embedding": fixed_size_list(np.asarray(images, np.float32)),
-                      "label": pa.array(np.asarray(labels, np.int64))}),
-            root / f"{name}.parquet",
-        )
+        columns = {"image_embedding": fixed_size_list(np.asarray(images, np.float32)),
+                   "label": pa.array(np.asarray(labels, np.int64))}
+        columns.update((c, pa.array(v)) for c, v in (extra or {}).get(name, {}).items())
+        write_parquet(pa.table(columns), root / f"{name}.parquet")
     T, C, _ = prompts.shape
     t_idx, c_idx = np.meshgrid(np.arange(T), np.arange(C), indexing="ij")
     write_parquet(

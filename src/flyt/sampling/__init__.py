@@ -1,7 +1,7 @@
 """Scores -> pretraining dataset: Soft Cap / Hard Cap sampling, top-k and threshold."""
 
 from flyt.io.subsets import write_subset
-from flyt.sampling.api import sample, summarize
+from flyt.sampling.draw import sample, summarize
 from flyt.sampling.methods import SampleSpec
 from flyt.sampling.sources import ArrayScores, GeneratedScores, ParquetScores, score_sources
 

@@ -1,4 +1,5 @@
-"""Where a shard's (uid, score) rows come from: score parquet shards, arrays, or a generator.
+"""Where a shard's (uid, score) rows come from: score parquet shards (``flyt.io.scores.ParquetScores``),
+arrays, or a generator.
 
 A source is a small picklable object with ``where`` (a name for messages), ``num_rows()`` (cheap)
 and ``load(stride=1) -> (pairs, scores)``: every stride-th row's uid pair (flyt.io.uids.UID_DTYPE)
@@ -10,39 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from flyt.errors import FlytError
-from flyt.io.arrays import check_finite, float_column
-from flyt.io.parquet import list_shards, read_table
-from flyt.io.uids import UID_DTYPE, uids_to_pairs
-
-
-@dataclass(frozen=True)
-class ParquetScores:
-    """One score (or pool) parquet shard and the score column to sample by."""
-
-    path: str
-    column: str
-
-    @property
-    def where(self) -> str:
-        return self.path
-
-    def num_rows(self) -> int:
-        try:
-            return pq.ParquetFile(self.path).metadata.num_rows
-        except Exception as exc:
-            raise FlytError(f"{self.path}: unreadable parquet shard ({type(exc).__name__}: {exc})") from None
-
-    def load(self, stride: int = 1):
-        table = read_table(self.path, ["uid", self.column])
-        scores = float_column(table, self.column, self.path)
-        uids = table.column("uid")
-        if stride > 1:  # parse only the uids asked for: parsing is most of a shard's read time
-            uids, scores = uids.take(pa.array(np.arange(0, len(scores), stride))), scores[::stride]
-        return arrow_uid_pairs(uids, self.path), scores
+from flyt.io.arrays import check_finite
+from flyt.io.scores import ParquetScores, score_sources
+from flyt.io.uids import UID_DTYPE
 
 
 @dataclass(frozen=True)
@@ -91,11 +64,4 @@ class GeneratedScores:
         return pairs[::stride], scores[::stride]
 
 
-def score_sources(directory, column: str) -> list[ParquetScores]:
-    """One source per ``*.parquet`` shard of a score directory (sorted by name)."""
-    return [ParquetScores(str(p), column) for p in list_shards(directory, kind="scores")]
-
-
-def arrow_uid_pairs(col, where: str) -> np.ndarray:
-    """Arrow uid column -> uid pairs (the zero-copy reader lives in flyt.io.uids)."""
-    return uids_to_pairs(col, where)
+__all__ = ["ArrayScores", "GeneratedScores", "ParquetScores", "score_sources"]

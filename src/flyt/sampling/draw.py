@@ -1,4 +1,4 @@
-"""``sample()``: scores in, drawn multiset and its summary out (the Python entry point)."""
+"""``sample()``: scores in, the drawn multiset and its summary out (what ``flyt.sample`` and the demo call)."""
 
 from __future__ import annotations
 
