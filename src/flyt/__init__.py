@@ -25,6 +25,7 @@ _API = {
     "train": "train", "TrainConfig": "train", "TrainResult": "train",
     "embed": "embed", "EmbedConfig": "embed", "EmbedResult": "embed",
     "demo": "demo", "DemoConfig": "demo", "DemoResult": "demo",
+    "reshard": "reshard", "ReshardConfig": "reshard", "ReshardResult": "reshard", "subset_stream": "reshard",
 }
 
 __all__ = ["FlytError", "MissingDependency", "__version__", *_API]

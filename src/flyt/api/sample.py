@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +11,8 @@ import numpy as np
 
 from flyt.api._config import make_config
 from flyt.errors import FlytError
-from flyt.io.subsets import write_subset
+from flyt.io.atomic import exclusive_lock, remove_leftovers
+from flyt.io.subsets import check_output_file, summary_path, write_subset
 from flyt.sampling.draw import sample as draw
 from flyt.sampling.draw import summarize
 from flyt.sampling.methods import SampleSpec
@@ -47,11 +50,51 @@ class SampleConfig:
 
     def validate(self) -> "SampleConfig":
         self.spec().validate()
+        if self.column == "uid":
+            raise FlytError("--column uid is the key column, not a score: name a numeric score column")
         if self.out is not None and Path(self.out).suffix != ".npy":
             raise FlytError(f"--out must name a .npy file, got {self.out}")
+        if self.out is not None:
+            check_output_file(self.out, "--out")
+            check_output_file(summary_path(self.out), "--out's summary")
         if self.counts_parquet is not None and self.out is None:
             raise FlytError("--counts-parquet needs --out")
+        if self.counts_parquet is not None:
+            check_output_file(self.counts_parquet, "--counts-parquet")
+        if self.counts_parquet is not None:
+            _check_counts_parquet(Path(self.counts_parquet), Path(self.out), Path(self.scores))
         return self
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _check_counts_parquet(counts: Path, out: Path, scores: Path) -> None:
+    """--counts-parquet must be a file of its own: not the subset or its summary, and not in the --scores
+    directory (it would overwrite an input shard there, or become one for the next run)."""
+    for other in (out, summary_path(out)):
+        if _same(counts, other):
+            raise FlytError(f"--counts-parquet {counts} is the same file as the output {other}; choose another path")
+    if scores.is_dir() and _same(counts.parent, scores):
+        raise FlytError(
+            f"--counts-parquet {counts} is in the --scores directory {scores}: it would overwrite an input shard "
+            "(or become one); choose another path"
+        )
+
+
+def _take_over(out: Path, counts_parquet, held: contextlib.ExitStack) -> None:
+    """Lock ``out`` for this run (a second run writing it is refused) and remove the temporaries an
+    earlier, killed run of it left beside the subset, its summary and the counts parquet."""
+    if not out.parent.is_dir():  # nothing can be left there yet; the writer creates the directory
+        return
+    held.enter_context(exclusive_lock(out.with_name(f".{out.name}.lock"), f"subset {out}"))
+    for path in (out, summary_path(out), counts_parquet):
+        if path is not None:
+            remove_leftovers(path)
 
 
 @dataclass
@@ -83,9 +126,12 @@ def sample(config: SampleConfig | dict | None = None, **fields) -> SampleResult:
     """
     cfg = make_config(SampleConfig, config, fields, "flyt.sampling")
     spec = cfg.spec()
-    selection = draw(spec, score_sources(cfg.scores, cfg.column), engine=cfg.engine, workers=cfg.workers)
-    summary = summarize(spec, selection, column=cfg.column, scores=str(cfg.scores))
     out = Path(cfg.out) if cfg.out is not None else None
-    if out is not None:
-        write_subset(out, selection.pairs, selection.counts, summary, cfg.counts_parquet)
+    with contextlib.ExitStack() as held:
+        if out is not None:
+            _take_over(out, cfg.counts_parquet, held)
+        selection = draw(spec, score_sources(cfg.scores, cfg.column), engine=cfg.engine, workers=cfg.workers)
+        summary = summarize(spec, selection, column=cfg.column, scores=str(cfg.scores))
+        if out is not None:
+            write_subset(out, selection.pairs, selection.counts, summary, cfg.counts_parquet)
     return SampleResult(selection.pairs, selection.counts, summary, out)

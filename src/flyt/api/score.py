@@ -19,7 +19,7 @@ class ScoreConfig:
     """What ``flyt score`` takes; every field is the CLI flag of the same name."""
 
     pool: str | Path  # flyt pool shards, or a DataComp metadata directory (parquet + npz)
-    out: str | Path  # output score directory: one score shard per pool shard, same stem
+    out: str | Path  # output score directory: one score shard per pool shard, same stem; extended if it exists
     scorers: list[str]  # baseline names (clip_score, negclip_loss, normsim_2, ...) and/or scorer.pt paths
     tasks: list[str] = field(default_factory=list)  # downstream task directories (normsim, classifier, image_based)
     scores: list[str] = field(default_factory=list)  # extra score directories joined by uid (M-FLYT inputs)
@@ -64,7 +64,9 @@ class ScoreResult(ScoreSummary):
 
 
 def score(config: ScoreConfig | dict | None = None, *, check: bool = True, **fields) -> ScoreResult:
-    """Score every shard of a pool; re-running skips shards already scored.
+    """Score every shard of a pool into ``out``, extending the score shards already there (new columns
+    joined by uid; a column scored again replaces its old values). Re-running skips a shard whose stored
+    fingerprint (pool shard files, each column's scorer settings) still matches.
 
     >>> import flyt
     >>> result = flyt.score(pool="data/pool", out="scores/clip", scorers=["clip_score"])  # doctest: +SKIP

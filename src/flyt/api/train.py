@@ -36,6 +36,8 @@ def train(
 
     ``config`` is a ``TrainConfig``, a mapping of its keys (nested mappings for ``reference`` and
     ``scorer``), or the path of a YAML file; ``overrides`` are ``key=value`` strings as ``--set`` takes.
+    ``resume`` continues the run in ``out`` from its last checkpoint; the config must be the run's
+    config.yaml in every key but ``steps`` (a changed key is a FlytError naming it).
 
     >>> import flyt
     >>> run = flyt.train({"pool": "data/pool", "tasks": ["data/tasks/imagenet"], "steps": 5000,

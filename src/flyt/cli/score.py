@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(subparsers) -> None:
@@ -14,21 +15,27 @@ def add_parser(subparsers) -> None:
         help="score every pool shard (one score shard per pool shard, same stem)",
         description=(
             "Compute per-example scores over a pool (flyt pool shards or a DataComp metadata "
-            "directory) and write one score shard per pool shard, atomically. A re-run skips "
-            "shards already scored. Scorers: " + ", ".join(SCORERS) + ", or PATH/scorer.pt "
+            "directory) and write one score shard per pool shard, atomically. An existing --out is "
+            "extended, never replaced: the new columns are joined by uid to the columns a shard already "
+            "holds, and a column scored again replaces its old values (keeping other columns is refused "
+            "if the pool shard changed since they were computed). A re-run skips a shard when the "
+            "fingerprint stored in it (the pool shard's files and each column's scorer settings) still "
+            "matches, and removes what a killed run left in --out. --out may not be the pool, a --tasks "
+            "or a --scores directory. Scorers: " + ", ".join(SCORERS) + ", or PATH/scorer.pt "
             "(a FLYT or M-FLYT scorer from 'flyt train')."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--pool", required=True, help="pool directory (flyt shards, or DataComp <stem>.parquet + <stem>.npz)")
-    p.add_argument("--out", required=True, help="output score directory")
+    p.add_argument("--out", required=True, help="output score directory (extended if it exists)")
     p.add_argument("--scorer", required=True, nargs="+", action="extend", metavar="NAME|PATH",
                    help="scorer name(s) or scorer.pt path(s); each writes its own column(s)")
     p.add_argument("--tasks", nargs="+", action="extend", default=[], metavar="DIR",
                    help="downstream task directories (normsim_2, normsim_inf, classifier, image_based)")
     p.add_argument("--scores", nargs="+", action="extend", default=[], metavar="DIR",
                    help="extra score directories, joined by uid, for M-FLYT input columns not in the pool")
-    p.add_argument("--workers", type=int, default=1, help="shards scored in parallel")
+    p.add_argument("--workers", type=int, default=1,
+                   help="shards scored in parallel (worker processes; they exit when the run does, even if killed)")
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="where shards are scored")
     p.add_argument("--pair", choices=["b32", "l14"], default="l14", help="DataComp embedding pair to read")
     p.add_argument("--batch-rows", type=int, default=8192, help="rows read and scored at a time")
@@ -58,7 +65,12 @@ def run(args) -> int:
         engine=args.engine, pair=args.pair, batch_rows=args.batch_rows, seed=args.seed, options=options,
         progress=False if args.no_progress else None,
     )
-    result = score(config, check=False)
+    try:
+        result = score(config, check=False)
+    except OSError as exc:  # the environment, not the input (a read-only --out, a full disk): one line, exit 1
+        reason = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+        print(f"flyt score: error: {exc.filename}: {reason}" if exc.filename else f"flyt score: error: {reason}", file=sys.stderr)
+        return 1
     print(result.line(args.out))
     result.raise_for_failures()
     return 0

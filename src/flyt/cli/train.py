@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from flyt.training.config import config_keys, load_config
 
 
@@ -23,7 +25,8 @@ def add_parser(sub) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key (dotted for nested keys, e.g. reference.init=random); repeatable",
     )
-    p.add_argument("--resume", action="store_true", help="continue the run in 'out' from checkpoints/latest.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in 'out' from checkpoints/latest.pt "
+                   "(with the run's config: only 'steps' may change)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -32,9 +35,19 @@ def run(args) -> int:
     from flyt.api.train import train
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, resume=args.resume, progress=False if args.no_progress else None)
+    try:
+        result = train(cfg, resume=args.resume, progress=False if args.no_progress else None)
+    except OSError as exc:  # the environment, not the input (a full disk, a lost mount): one line, exit 1
+        print(f"flyt train: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     print(result.line())
     return 0
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'PATH: No space left on device' (one line, whatever the OSError carries)."""
+    reason = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+    return f"{exc.filename}: {reason}" if exc.filename else reason
 
 
 def _keys_help() -> str:

@@ -29,9 +29,13 @@ def score_table(uids, columns: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(data)
 
 
-def write_score_shard(out_dir, stem: str, uids, columns: dict[str, np.ndarray]) -> Path:
+def write_score_shard(out_dir, stem: str, uids, columns: dict[str, np.ndarray], metadata: dict | None = None) -> Path:
+    """``<out_dir>/<stem>.parquet``, atomically; ``metadata``: parquet key-value metadata (what it was computed from)."""
     path = Path(out_dir) / f"{stem}.parquet"
-    write_parquet(score_table(uids, columns), path)
+    table = score_table(uids, columns)
+    if metadata:
+        table = table.replace_schema_metadata(metadata)
+    write_parquet(table, path)
     return path
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,34 @@ def summary_path(out) -> Path:
     return Path(out).with_suffix(".json")
 
 
+def check_output_file(path, flag: str) -> None:
+    """Fail early, in one line naming ``flag``, if a file cannot be written at ``path``: it is a
+    directory, a parent is a regular file, or the nearest existing parent is not writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise FlytError(f"{flag} {path} is a directory")
+    for above in path.parents:
+        if above.exists():
+            if not above.is_dir():
+                raise FlytError(f"{flag} {path}: {above} is not a directory")
+            if not os.access(above, os.W_OK | os.X_OK):
+                raise FlytError(f"{flag} {path}: directory {above} is not writable")
+            return
+
+
 def write_subset(out, pairs: np.ndarray, counts: np.ndarray, summary: dict, counts_parquet=None) -> None:
-    """``out``: sorted structured (f0, f1) uint64 array with uid i repeated counts[i] times."""
+    """``out``: sorted structured (f0, f1) uint64 array with uid i repeated counts[i] times.
+
+    An OSError that names no file (a full disk) is raised again naming ``out``: the files appear together."""
+    try:
+        _write_subset(out, pairs, counts, summary, counts_parquet)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+
+
+def _write_subset(out, pairs: np.ndarray, counts: np.ndarray, summary: dict, counts_parquet=None) -> None:
     total = int(counts.sum())
     with contextlib.ExitStack() as stack:
         npy_tmp = stack.enter_context(atomic_path(out))

@@ -71,6 +71,26 @@ def _read_lines(path: Path) -> list[str]:
     return lines
 
 
+def _integer_labels(column, path: Path) -> np.ndarray:
+    """The label column as int64. Integer columns pass; a float column passes only where every value
+    is a whole number (2.0 is label 2: pandas writes integer labels as floats next to a null), else the
+    first fractional or non-finite row is named; any other type (strings, booleans) is refused."""
+    import pyarrow as pa
+
+    kind = column.type
+    if pa.types.is_integer(kind):
+        return column.to_numpy().astype(np.int64)
+    if not pa.types.is_floating(kind):
+        raise FlytError(f"{path}: column 'label' must hold integer class indices, got {kind}")
+    values = column.to_numpy().astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) >= 2.0**62))
+    if bad.size:
+        r = int(bad[0])
+        raise FlytError(f"{path}: row {r}: label {values[r]:g} is not an integer class index")
+    return values.astype(np.int64)
+
+
 def _read_split(path: Path, num_classes: int, image_dim: int | None) -> Split:
     table = read_table(path, ["image_embedding", "label"])
     if table.num_rows == 0:
@@ -79,7 +99,7 @@ def _read_split(path: Path, num_classes: int, image_dim: int | None) -> Split:
     labels_col = table.column("label")
     if labels_col.null_count:
         raise FlytError(f"{path}: column 'label' has nulls")
-    labels = labels_col.to_numpy().astype(np.int64)
+    labels = _integer_labels(labels_col, path)
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if bad.size:
         r = int(bad[0])

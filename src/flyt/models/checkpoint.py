@@ -15,9 +15,11 @@ import torch
 from flyt.errors import FlytError
 from flyt.io.atomic import torch_save
 from flyt.models.mixing import ScoreMixer
+from flyt.models.rowwise import BLOCK_ROWS, block_map, padded
 from flyt.models.scoring_head import SwiGLUScorer
 
 FORMAT = "flyt-scorer/1"
+MIXER_BLOCK_ROWS = 8 * BLOCK_ROWS  # M-FLYT: a few columns per row, so per-block overhead dominates
 
 
 def scorer_payload(kind: str, name: str, model: torch.nn.Module, train_config: dict | None = None) -> dict:
@@ -70,9 +72,14 @@ class LoadedScorer:
         return (self.model.image_dim, self.model.text_dim) if self.kind == "flyt" else None
 
     @torch.no_grad()
-    def score_arrays(self, image=None, text=None, scores=None, batch_size: int = 65536) -> np.ndarray:
+    def score_arrays(self, image=None, text=None, scores=None) -> np.ndarray:
         """One float32 score per row. FLYT: raw image/text embeddings (normalised here);
-        M-FLYT: (n, K) raw input scores in ``input_columns`` order (standardised here)."""
+        M-FLYT: (n, K) raw input scores in ``input_columns`` order (standardised here).
+
+        The model runs on zero-padded blocks of a fixed row count, one torch thread per block
+        (``flyt.models.rowwise``): a row's score is the same bits whatever other rows, batch size or
+        thread count it is scored with. The mixer's blocks are larger: its work per row is tiny.
+        """
         if self.kind == "flyt":
             if image is None or text is None:
                 raise FlytError(f"{self.where}: a FLYT scorer needs image and text embeddings")
@@ -82,23 +89,21 @@ class LoadedScorer:
                     f"got {image.shape[1]}+{text.shape[1]}-d"
                 )
             dtype = next(self.model.parameters()).dtype
-            out = [
-                self.model(
-                    torch.as_tensor(np.asarray(image[i : i + batch_size]), dtype=dtype),
-                    torch.as_tensor(np.asarray(text[i : i + batch_size]), dtype=dtype),
-                )
-                for i in range(0, len(image), batch_size)
-            ]
+            n, rows = len(image), BLOCK_ROWS
+
+            def block(lo: int, hi: int) -> np.ndarray:
+                out = self.model(padded(image, lo, hi, rows, dtype), padded(text, lo, hi, rows, dtype))
+                return out[: hi - lo].float().numpy()
         else:
             if scores is None or scores.ndim != 2 or scores.shape[1] != len(self.input_columns):
                 raise FlytError(f"{self.where}: an M-FLYT scorer needs the score columns {self.input_columns}")
-            out = [
-                self.model(torch.as_tensor(np.asarray(scores[i : i + batch_size]), dtype=torch.float64))
-                for i in range(0, len(scores), batch_size)
-            ]
-        if not out:
-            return np.zeros(0, dtype=np.float32)
-        return torch.cat(out).float().numpy()
+            n, rows = len(scores), MIXER_BLOCK_ROWS
+
+            def block(lo: int, hi: int) -> np.ndarray:
+                return self.model(padded(scores, lo, hi, rows, torch.float64))[: hi - lo].float().numpy()
+
+        parts = block_map(block, n, rows)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
 def load_scorer(path) -> LoadedScorer:

@@ -1,96 +1,51 @@
 """``flyt score``: every pool shard -> one score shard (same stem), resumable, on any engine.
 
-Driver (``score_pool``): list shards, skip finished ones, fit the scorers' pool-wide state once
-(reference samples, probe, centroids), save it beside the output, then map ``score_shard`` over
-the pending shards with the chosen engine. ``score_shard`` is pure given its job: the same job
-gives the same bytes on the local engine and on Ray. A failing shard returns its error instead of
-raising, so the other shards are still written; the driver reports all failures at the end.
-On a Ray cluster the pool, the output directory (which holds the fitted state file during the
-run) and any --scores/--tasks directories must be on storage every node can read.
+Driver (``score_pool``): list shards; refuse an output that is one of the inputs; lock the output
+directory and remove what a killed run left there (its fitted-state file, temporaries); decide per
+shard which scorers must run, from the fingerprint stored in the existing output shard (see
+``score_fingerprint``: the pool shard's files and each column's scorer settings, never a row count);
+fit those scorers' pool-wide state once (reference samples, probe, centroids), save it beside the
+output, then map ``score_shard`` over the pending shards with the chosen engine.
+
+An existing output shard is extended, never replaced: the columns this run computes are joined by uid
+to the columns it already holds, a column computed again replaces its old values, and columns of
+other scorers are kept as they are. Keeping them is only allowed while the pool shard is the one they
+were computed from; otherwise the run is refused with one line before anything is written.
+
+``score_shard`` is pure given its job: the same job gives the same bytes on the local engine and on
+Ray. A failing shard returns its error instead of raising, so the other shards are still written; the
+driver reports all failures at the end. On a Ray cluster the pool, the output directory (which holds
+the fitted state file during the run) and any --scores/--tasks directories must be on storage every
+node can read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import sys
 import time
 import uuid
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from flyt.errors import FlytError
-from flyt.io.arrays import embedding_matrix, l2_normalise
-from flyt.io.atomic import atomic_path
-from flyt.io.parquet import read_table
-from flyt.io.pool import DEFAULT_PAIR, IMAGE, Batch, PoolShard, pool_shards
+from flyt.io.atomic import atomic_path, check_parent, exclusive_lock, remove_leftovers
+from flyt.io.parquet import read_schema, read_table, shard_uids
+from flyt.io.pool import DEFAULT_PAIR, PoolShard, pool_shards
 from flyt.io.scores import ScoreDirs, write_score_shard
+from flyt.pipeline.pool_context import PoolContext
+from flyt.pipeline.score_fingerprint import KEY, column_settings, pool_shard_fingerprint, read_fingerprint, shard_metadata
 from flyt.scorers.base import Scorer
 from flyt.scorers.registry import NEEDS_TASKS, ScorerOptions, make_scorers
 
 STATE_PREFIX = ".flyt-score-state-"
-
-
-# ----------------------------------------------------------------------------- pool-wide context
-class PoolContext:
-    """The ``FitContext`` of a pool: uniform row samples and the downstream task images."""
-
-    def __init__(self, sources: list[PoolShard], tasks: list, seed: int, image_dim: int | None):
-        self.sources, self.tasks, self.seed, self.image_dim = sources, list(tasks), seed, image_dim
-        self._task_images = None
-
-    def pool_sample(self, n: int, salt: str) -> Batch:
-        unknown = [s for s in self.sources if s.rows is None]
-        if unknown:
-            raise FlytError(f"{unknown[0].parquet}: unreadable parquet shard (a pool sample needs every shard)")
-        counts = np.array([s.rows for s in self.sources], dtype=np.int64)
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        total = int(starts[-1])
-        if total == 0:
-            raise FlytError("the pool has no rows (empty pool)")
-        # crc32, not hash(): the salt must map to the same stream in every process
-        rng = np.random.default_rng([self.seed, zlib.crc32(salt.encode())])
-        picks = rng.choice(total, size=min(n, total), replace=False)  # random order
-        shard_of = np.searchsorted(starts, picks, side="right") - 1
-        parts: list[tuple[np.ndarray, Batch]] = []  # (positions in the sample, rows of one shard)
-        for s in np.unique(shard_of):
-            mine = np.flatnonzero(shard_of == s)
-            parts.append((mine, self.sources[s].take(picks[mine] - starts[s])))
-        first = parts[0][1]
-        k = len(picks)
-        uids = np.empty(k, dtype=object)
-        image = np.empty((k, first.image.shape[1]), dtype=np.float32)
-        text = np.empty((k, first.text.shape[1]), dtype=np.float32)
-        for mine, b in parts:
-            if b.image.shape[1] != image.shape[1] or b.text.shape[1] != text.shape[1]:
-                raise FlytError(f"pool shards disagree on the embedding dimension ({b.image.shape[1]} vs {image.shape[1]})")
-            uids[mine], image[mine], text[mine] = b.uids, b.image, b.text
-        return Batch(uids=uids.astype(str), image=image, text=text)
-
-    def task_images(self) -> np.ndarray:
-        if self._task_images is None:
-            if not self.tasks:
-                raise FlytError("this scorer needs downstream tasks: pass --tasks DIR ...")
-            parts = []
-            for d in self.tasks:
-                path = Path(d) / "train.parquet"
-                if not path.is_file():
-                    raise FlytError(f"{path}: missing file (task training images)")
-                m = embedding_matrix(read_table(path, [IMAGE]), IMAGE, str(path))
-                if len(m) == 0:
-                    raise FlytError(f"{path}: split has no rows")
-                if self.image_dim is not None and m.shape[1] != self.image_dim:
-                    raise FlytError(
-                        f"{path}: column '{IMAGE}' has dimension {m.shape[1]}, the pool's images have "
-                        f"{self.image_dim} (embed tasks and pool with the same model)"
-                    )
-                parts.append(l2_normalise(m))
-            self._task_images = np.concatenate(parts).astype(np.float32)
-        return self._task_images
+LOCK_NAME = ".flyt-score.lock"  # held for the whole run; the kernel drops it if the run dies
+# Scorers that compare image and text embeddings directly (a cosine): both must live in one space.
+JOINT_SPACE = {"clip_score", "negclip_loss"}
 
 
 # ----------------------------------------------------------------------------- per-shard work
@@ -102,6 +57,9 @@ class ShardJob:
     batch_rows: int
     score_dirs: tuple = ()
     dims: tuple | None = None  # expected (image, text) dims, so a stray shard fails clearly
+    scorers: tuple = ()  # positions in the state of the scorers this shard runs (empty: all)
+    keep: tuple = ()  # columns of the existing output shard kept as they are (joined by uid)
+    metadata: str = ""  # the fingerprint written with the shard (JSON, see score_fingerprint)
 
 
 @dataclass
@@ -129,7 +87,8 @@ def score_shard(job: ShardJob) -> ShardResult:
     t0 = time.perf_counter()
     src = job.source
     try:
-        scorers = _load_state(job.state_path)
+        state = _load_state(job.state_path)
+        scorers = [state[i] for i in job.scorers] if job.scorers else state
         needs_emb = any(s.needs_embeddings for s in scorers)
         needs_cap = any(s.needs_captions for s in scorers)
         inputs = list(dict.fromkeys(c for s in scorers for c in s.input_columns))
@@ -151,7 +110,9 @@ def score_shard(job: ShardJob) -> ShardResult:
                         raise FlytError(f"{src.parquet}: row {r}: scorer '{s.name}' gave a non-finite '{col}' ({v[bad[0]]})")
                     parts[col].append(v)
         columns = {c: (np.concatenate(v) if v else np.zeros(0, np.float32)) for c, v in parts.items()}
-        write_score_shard(job.out_dir, src.stem, uids, columns)
+        if job.keep:
+            columns = extend_columns(Path(job.out_dir) / f"{src.stem}.parquet", uids, columns, job.keep)
+        write_score_shard(job.out_dir, src.stem, uids, columns, {KEY: job.metadata.encode()} if job.metadata else None)
         return ShardResult(src.stem, len(uids), time.perf_counter() - t0)
     except FlytError as exc:
         return ShardResult(src.stem, 0, time.perf_counter() - t0, str(exc))
@@ -159,16 +120,81 @@ def score_shard(job: ShardJob) -> ShardResult:
         return ShardResult(src.stem, 0, time.perf_counter() - t0, f"{src.parquet}: {type(exc).__name__}: {exc}")
 
 
-def is_finished(out_dir: Path, src: PoolShard, columns: list[str]) -> bool:
-    """A score shard counts as done when it is readable, has every column and the shard's row count."""
+def extend_columns(path: Path, uids: np.ndarray, new: dict[str, np.ndarray], keep) -> dict[str, np.ndarray]:
+    """The columns of the existing score shard ``path`` in its order, ``keep`` ones joined by uid to
+    ``uids`` and the others replaced by ``new``, then the columns ``new`` adds."""
+    table = read_table(path, ["uid", *keep])
+    old = shard_uids(table, str(path))
+    if np.array_equal(old, uids):
+        pos = np.arange(len(uids))
+    else:
+        order = np.argsort(old)
+        ranked = old[order]
+        at = np.minimum(np.searchsorted(ranked, uids), max(len(ranked) - 1, 0))
+        hit = (ranked[at] == uids) if len(ranked) else np.zeros(len(uids), dtype=bool)
+        if not hit.all():
+            r = int(np.flatnonzero(~hit)[0])
+            raise FlytError(f"{path}: no row for uid {uids[r]} (pool row {r}), so its column '{keep[0]}' cannot be kept")
+        pos = order[at]
+    out: dict[str, np.ndarray] = {}
+    for c in read_schema(path).names:
+        if c in new:
+            out[c] = new[c]
+        elif c in keep:
+            out[c] = table.column(c).to_numpy(zero_copy_only=False)[pos]
+    for c, v in new.items():
+        out.setdefault(c, v)
+    return out
+
+
+@dataclass
+class ShardPlan:
+    """What a run does with one pool shard: the scorers to run (none: already done), the columns of
+    its existing output kept beside them, and the fingerprint to write."""
+
+    source: PoolShard
+    scorers: list[int]
+    keep: list[str] = field(default_factory=list)
+    metadata: str = ""
+
+
+def plan_shard(out_dir: Path, src: PoolShard, scorers: list[Scorer], settings: dict[str, dict]) -> ShardPlan:
+    """Compare the existing output shard's fingerprint with this run's; refuse to keep columns that were
+    computed from another version of the pool shard (they could not be joined, or would be stale)."""
+    every = list(range(len(scorers)))
+    fp = pool_shard_fingerprint(src)
     path = out_dir / f"{src.stem}.parquet"
-    if not path.is_file() or src.rows is None:
-        return False
+
+    def metadata(run: list[int], kept: dict) -> str:
+        cols = dict(kept) | {c: settings[c] for i in run for c in scorers[i].output_columns()}
+        return shard_metadata(fp, cols)[KEY].decode()
+
+    if fp is None or not path.is_file():  # an unreadable pool shard fails in its job, before any write
+        return ShardPlan(src, every, [], metadata(every, {}))
+    stored = read_fingerprint(path)
     try:
-        meta = pq.ParquetFile(path)
-        return meta.metadata.num_rows == src.rows and all(c in meta.schema_arrow.names for c in columns)
-    except Exception:
-        return False
+        existing = [c for c in read_schema(path).names if c != "uid"]
+    except FlytError:  # an unreadable output holds nothing to keep
+        return ShardPlan(src, every, [], metadata(every, {}))
+    same_pool = stored is not None and stored.get("pool_shard") == fp
+    if same_pool:
+        done = stored["columns"]
+        run = [i for i in every if any(c not in existing or done.get(c) != settings[c] for c in scorers[i].output_columns())]
+    else:
+        run = every
+    if not run:
+        return ShardPlan(src, [])
+    written = {c for i in run for c in scorers[i].output_columns()}
+    keep = [c for c in existing if c not in written]
+    if keep and not same_pool:
+        why = ("has no record of what it was computed from (an earlier flyt or another tool wrote it)" if stored is None
+               else f"was computed from another version of pool shard {src.parquet}")
+        raise FlytError(
+            f"{path}: its column(s) {', '.join(keep)} {why}, so they cannot be kept beside new scores: "
+            "score them again too (add their --scorer) or choose another --out"
+        )
+    kept = {c: stored["columns"][c] for c in keep if c in stored["columns"]} if keep else {}
+    return ShardPlan(src, run, keep, metadata(run, kept))
 
 
 # ----------------------------------------------------------------------------- driver
@@ -222,63 +248,138 @@ def score_pool(
     map_shards = get_map_shards(engine)
     pool, out = Path(pool), Path(out)
     sources = pool_shards(pool, pair)
-    if out.resolve() == pool.resolve():
-        raise FlytError(f"option --out: {out} is the pool directory; score shards would overwrite pool shards")
+    refuse_input_as_output(out, pool, tasks, score_dirs)
     for d in list(tasks) + list(score_dirs):
         if not Path(d).is_dir():
             raise FlytError(f"directory {d} does not exist")
     if all(s.rows == 0 for s in sources):
         raise FlytError(f"pool directory {pool} has no rows (empty pool)")
-    fitted = make_scorers(list(scorers), options)
+    specs = list(scorers)
+    fitted = make_scorers(specs, options)
     if not tasks:
-        needing = [s for s in scorers if s in NEEDS_TASKS]
+        needing = [s for s in specs if s in NEEDS_TASKS]
         if needing:
             raise FlytError(f"scorer '{needing[0]}' needs downstream tasks: pass --tasks DIR ...")
     columns = [c for s in fitted for c in s.output_columns()]
-    pending = [s for s in sources if not is_finished(out, s, columns)]
-    summary = ScoreSummary(len(sources), 0, len(sources) - len(pending), 0, 0.0, columns)
-    if not pending:
-        summary.seconds = time.perf_counter() - t0
-        return summary
+    settings = column_settings(specs, fitted, options or ScorerOptions(), seed, sources, list(tasks), list(score_dirs))
+    with contextlib.ExitStack() as held:
+        if out.is_dir():
+            take_over(out, sources, held)
+        plans = [plan_shard(out, s, fitted, settings) for s in sources]
+        pending = [p for p in plans if p.scorers]
+        summary = ScoreSummary(len(sources), 0, len(sources) - len(pending), 0, 0.0, columns)
+        if not pending:
+            summary.seconds = time.perf_counter() - t0
+            return summary
 
-    needs_emb = any(s.needs_embeddings for s in fitted)
-    dims = _pool_dims(sources) if needs_emb else None
-    ctx = PoolContext(sources, tasks, seed, dims[0] if dims else None)
-    for s in fitted:
-        s.fit(ctx)
-    out.mkdir(parents=True, exist_ok=True)
-    state_path = out / f"{STATE_PREFIX}{uuid.uuid4().hex}.pkl"
-    with atomic_path(state_path) as tmp:
-        tmp.write_bytes(pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL))
-    jobs = [ShardJob(s, str(out), str(state_path), batch_rows, tuple(map(str, score_dirs)), dims) for s in pending]
-    rows_of = {s.stem: s.rows or 0 for s in pending}
-    try:
-        from tqdm import tqdm
+        used = sorted({i for p in pending for i in p.scorers})  # fit only what some shard runs
+        running = [fitted[i] for i in used]
+        needs_emb = any(s.needs_embeddings for s in running)
+        dims = None
+        if needs_emb:
+            where, dims = _pool_dims(sources)
+            joint = [specs[i] for i in used if specs[i] in JOINT_SPACE]
+            if joint and dims[0] != dims[1]:
+                raise FlytError(
+                    f"{where}: image embeddings are {dims[0]}-d and text embeddings {dims[1]}-d, but {joint[0]} "
+                    "compares them in one space (embed images and texts with one CLIP model)"
+                )
+        ctx = PoolContext(sources, tasks, seed, dims[0] if dims else None)
+        for s in running:
+            s.fit(ctx)
+        if not out.is_dir():
+            make_output_dir(out)
+            held.callback(_remove_if_empty, out)  # a run that wrote nothing leaves no directory behind
+            take_over(out, sources, held)
+        state_path = out / f"{STATE_PREFIX}{uuid.uuid4().hex}.pkl"
+        with atomic_path(state_path) as tmp:
+            tmp.write_bytes(pickle.dumps(running, protocol=pickle.HIGHEST_PROTOCOL))
+        position = {i: k for k, i in enumerate(used)}
+        jobs = [
+            ShardJob(p.source, str(out), str(state_path), batch_rows, tuple(map(str, score_dirs)), dims,
+                     tuple(position[i] for i in p.scorers), tuple(p.keep), p.metadata)
+            for p in pending
+        ]
+        rows_of = {p.source.stem: p.source.rows or 0 for p in pending}
+        try:
+            from tqdm import tqdm
 
-        disable = None if progress is None else not progress  # None: a bar on a terminal only
-        with tqdm(total=sum(rows_of.values()), unit="rows", unit_scale=True, desc="flyt score", disable=disable) as bar:
-            for res in map_shards(score_shard, jobs, workers):
-                if res.error:
-                    summary.failures.append(res)
-                    bar.write(f"flyt score: shard {res.stem} failed: {res.error}", file=log)
-                else:
-                    summary.scored += 1
-                    summary.rows += res.rows
-                bar.update(rows_of[res.stem])
-    finally:
-        if state_path.exists():
-            os.unlink(state_path)
-        _STATE_CACHE.clear()
+            disable = None if progress is None else not progress  # None: a bar on a terminal only
+            with tqdm(total=sum(rows_of.values()), unit="rows", unit_scale=True, desc="flyt score", disable=disable) as bar:
+                for res in map_shards(score_shard, jobs, workers):
+                    if res.error:
+                        summary.failures.append(res)
+                        if len(sources) > 1:  # with one shard, the final error line is this line
+                            bar.write(f"flyt score: shard {res.stem} failed: {res.error}", file=log)
+                    else:
+                        summary.scored += 1
+                        summary.rows += res.rows
+                    bar.update(rows_of[res.stem])
+        finally:
+            if state_path.exists():
+                os.unlink(state_path)
+            _STATE_CACHE.clear()
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _pool_dims(sources: list[PoolShard]) -> tuple[int, int]:
-    """Embedding dims of the pool, from its first readable shard."""
+def _same_dir(a: Path, b: Path) -> bool:
+    if a.resolve() == Path(b).resolve():
+        return True
+    try:
+        return a.exists() and Path(b).exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_input_as_output(out: Path, pool: Path, tasks, score_dirs) -> None:
+    """One line if ``out`` is the pool, a --tasks or a --scores directory (score shards would overwrite
+    or mix with that input), or not a directory."""
+    named = [("the pool directory", pool)] + [(f"the --tasks directory {t}", t) for t in tasks]
+    named += [(f"the --scores directory {d}", d) for d in score_dirs]
+    for what, d in named:
+        if _same_dir(out, Path(d)):
+            extra = "; score shards would overwrite pool shards" if d is pool else ""
+            raise FlytError(f"option --out: {out} is also an input: it is {what}{extra}; choose another directory")
+    if out.exists() and not out.is_dir():
+        raise FlytError(f"option --out: {out} is a file, not a directory")
+
+
+def make_output_dir(out: Path) -> None:
+    """Create ``out``; under a file it is bad input (one line), otherwise an OSError is the environment's."""
+    try:
+        check_parent(out / "x")
+    except FlytError:
+        raise FlytError(f"option --out: {out} cannot be a directory: a file stands in its path") from None
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _remove_if_empty(out: Path) -> None:
+    with contextlib.suppress(OSError):
+        out.rmdir()  # fails, as it should, when the directory holds anything
+
+
+def take_over(out: Path, sources: list[PoolShard], held: contextlib.ExitStack) -> None:
+    """Lock ``out`` for this run (a second run into it is refused), then remove what an earlier, killed
+    run left there: its fitted-state file and the temporaries of its score shards and state file."""
+    held.enter_context(exclusive_lock(out / LOCK_NAME, f"score directory {out}"))
+    for p in [*out.glob(f"{STATE_PREFIX}*.pkl"), *out.glob(f".{STATE_PREFIX}*.tmp")]:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
     for s in sources:
-        if s.rows:
+        remove_leftovers(out / f"{s.stem}.parquet")
+
+
+def _pool_dims(sources: list[PoolShard]) -> tuple[str, tuple[int, int]]:
+    """(shard, its embedding dims): the pool's dims, from its first readable shard. If none is
+    readable, the first shard's own error (e.g. the column it lacks), not "empty pool"."""
+    first_error = None
+    for s in sources:
+        if s.rows is None or s.rows:  # None: an unreadable footer, whose own error names the file
             try:
-                return s.first_dims()
-            except FlytError:
-                continue
+                return s.parquet, s.first_dims()
+            except FlytError as exc:
+                first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
     raise FlytError(f"pool directory {Path(sources[0].parquet).parent} has no readable rows (empty pool)")

@@ -16,6 +16,18 @@ clock that fires once, at log-time -s_i.
 
 Log-times avoid overflow: with R_k = e^{-delta*k} * sum_{j<k} E_ij e^{delta*j} we have
 R_{k+1} = (R_k + E_ik) * e^{-delta} (bounded) and log t_i(k) = delta*k + log R_k - a_i.
+
+Representable range. Log-times are float64, so each carries an absolute rounding error of about
+2^-52 * |log-time|. A clock's successive firings are apart by at least ~min(delta, 1/k) in log-time;
+once |a_i| is so large that this gap falls below one rounding step, firings of one example pile up
+on a single float, the order of the race is no longer the sampling law, and a scan up to a level
+may have to step through unboundedly many firings (scores near 1e20 never finished). The race
+therefore takes only |a_i| = |s_i / temp| <= 2^32 (MAX_LOG_WEIGHT), where log-times are resolved to
+~2^-19 (rates to a relative 2e-6), and delta <= 512 (MAX_PENALTY), where e^{-delta} times the
+smallest exponential is still a normal float. ``RaceClock.check`` refuses anything else, naming the
+shard, row and value. Soft and Hard Cap Sampling depend on the scores only through a softmax, so
+subtracting one constant from every score changes no probability: that is the exact way to bring
+large scores into range (top-k and threshold compare raw scores and take any finite value).
 """
 
 from __future__ import annotations
@@ -25,7 +37,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flyt.errors import FlytError
 from flyt.sampling.randomness import exponentials, seed_keys
+
+MAX_LOG_WEIGHT = float(2**32)  # |score / temperature| the race resolves (see the module docstring)
+MAX_PENALTY = 512.0  # e^-512 * 2^-53 is still a normal float64
+
+
+def check_log_weights(scores: np.ndarray, temperature: float, where: str, stride: int = 1) -> None:
+    """Refuse scores whose log-weight s / temp lies outside [-2^32, 2^32] (row numbers count every row)."""
+    with np.errstate(over="ignore"):
+        a = np.asarray(scores, dtype=np.float64) / temperature
+    bad = ~(np.abs(a) <= MAX_LOG_WEIGHT)
+    if bad.any():
+        i = int(np.argmax(bad))
+        score = float(scores[i])
+        if abs(score) <= MAX_LOG_WEIGHT:  # the temperature is what pushes it out
+            hint = f"use a --temperature of at least {abs(score) / MAX_LOG_WEIGHT:.3g}"
+        else:
+            hint = "subtract a constant from the scores (a common shift leaves the sampling law unchanged)"
+        raise FlytError(
+            f"{where}: row {i * stride}: score {score!r} / temperature {temperature!r} = {float(a[i]):.6g} is outside "
+            f"+-2^32, the log-weights Soft/Hard Cap Sampling resolve: {hint}"
+        )
 
 
 @dataclass
@@ -65,6 +99,9 @@ class RaceClock:
 
     def capacity(self, n: int) -> float:
         return math.inf if self.cap is None else float(self.cap) * n
+
+    def check(self, scores: np.ndarray, where: str, stride: int = 1) -> None:
+        check_log_weights(scores, self.temperature, where, stride)
 
     def scan(self, a: np.ndarray, keys: np.ndarray, tau_lo: float, tau_hi: float) -> Scan:
         """Run every clock up to tau_hi; count firings <= tau_lo, list those in between.
@@ -120,6 +157,9 @@ class RankClock:
 
     def capacity(self, n: int) -> float:
         return float(n)
+
+    def check(self, scores: np.ndarray, where: str, stride: int = 1) -> None:
+        """Ranks compare raw scores: every finite value (the sources' own check) is fine."""
 
     def scan(self, a: np.ndarray, keys: np.ndarray, tau_lo: float, tau_hi: float) -> Scan:
         lt = -a

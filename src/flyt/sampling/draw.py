@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import numpy as np
@@ -10,16 +11,20 @@ import numpy as np
 from flyt.engines import get_map_shards
 from flyt.errors import FlytError
 from flyt.sampling.batched import batched_counts
+from flyt.sampling.clocks import check_log_weights
 from flyt.sampling.methods import SampleSpec
 from flyt.sampling.randomness import checksum, combine_checksums, fingerprint
-from flyt.sampling.select import Selection, select, uid_order
+from flyt.sampling.select import Selection, check_total, select, uid_order
 
 
 def sample(spec: SampleSpec, sources: Sequence, engine: str = "local", workers: int = 1) -> Selection:
     """Draw the multiset ``spec`` asks for from score ``sources`` (see flyt.sampling.sources)."""
     spec.validate()
-    if workers < 1:
-        raise FlytError(f"--workers must be a positive integer, got {workers}")
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+        raise FlytError(f"--workers must be a positive integer, got {workers!r}")
+    sources = list(sources)
+    # More workers than shards only idles, and a process pool forks all its workers up front.
+    workers = min(workers, max(1, len(sources)))
     map_shards = get_map_shards(engine)
     clock = spec.clock()
     if spec.batch is not None:
@@ -45,10 +50,13 @@ def _sample_batched(spec: SampleSpec, sources, map_shards, workers) -> Selection
     parts = list(map_shards(_load, list(sources), workers))
     if not parts:
         raise FlytError("no score shards given (empty pool)")
+    for source, (_, s) in zip(sources, parts):
+        check_log_weights(s, spec.temperature, source.where)
     pairs = np.concatenate([p for p, _ in parts])
     scores = np.concatenate([s for _, s in parts])
     if len(pairs) == 0:
         raise FlytError("the score shards have no rows (empty pool)")
+    check_total(spec.total, len(pairs))
     order = uid_order(pairs)
     pairs, scores = pairs[order], scores[order]
     same = np.flatnonzero((pairs["f0"][1:] == pairs["f0"][:-1]) & (pairs["f1"][1:] == pairs["f1"][:-1]))

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 from flyt.errors import FlytError
-from flyt.sampling.clocks import RaceClock, RankClock
+from flyt.sampling.clocks import MAX_PENALTY, RaceClock, RankClock
 
 METHODS = ("scs", "hcs", "topk", "threshold")
+SEED_LIMIT = 1 << 64  # seeds are mixed as 64-bit words: a larger one would silently equal a smaller one
+_INTS = ("total", "cap", "count", "batch", "budget", "seed")
+_REALS = ("penalty", "fraction", "threshold")
 
 
 @dataclass(frozen=True)
@@ -31,10 +35,11 @@ class SampleSpec:
         m = self.method
         if m not in METHODS:
             raise FlytError(f"--method must be one of {', '.join(METHODS)}, got {m!r}")
+        self._check_types()
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise FlytError(f"--temperature must be positive, got {self.temperature}")
-        if self.seed < 0:
-            raise FlytError(f"--seed must be a non-negative integer, got {self.seed}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise FlytError(f"--seed must be an integer in [0, 2^64), got {self.seed}")
         if self.budget is not None and self.budget < 1:
             raise FlytError(f"--budget must be a positive integer, got {self.budget}")
         if self.cap is not None and self.cap < 1:
@@ -52,6 +57,9 @@ class SampleSpec:
                 raise FlytError("--method scs needs --penalty D (the paper uses 0.15 or 0.25)")
             if not (math.isfinite(self.penalty) and self.penalty > 0):
                 raise FlytError(f"--penalty must be positive, got {self.penalty}")
+            if self.penalty > MAX_PENALTY:
+                raise FlytError(f"--penalty must be in (0, {MAX_PENALTY:g}], got {self.penalty:g} "
+                                f"(a copy's weight would drop by e^-{self.penalty:g}, below what the clocks represent)")
         if m == "hcs":
             if self.cap is None:
                 raise FlytError("--method hcs needs --cap K")
@@ -70,6 +78,17 @@ class SampleSpec:
                 raise FlytError("--method threshold needs a finite --threshold X")
             self._forbid("penalty", "cap", "fraction", "count")
         return self
+
+    def _check_types(self) -> None:
+        """Python callers can pass anything: integers must be ints (not bools), numbers real."""
+        for name in _INTS:
+            v = getattr(self, name)
+            if (v is not None or name == "seed") and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+                raise FlytError(f"--{name} must be an integer, got {v!r}")
+        for name in (*_REALS, "temperature"):
+            v = getattr(self, name)
+            if (v is not None or name == "temperature") and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                raise FlytError(f"--{name} must be a number, got {v!r}")
 
     def _forbid(self, *names: str) -> None:
         for name in names:

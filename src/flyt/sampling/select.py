@@ -36,6 +36,9 @@ SUBSAMPLE_ROWS = 1 << 18  # examples the level search looks at; bounds driver me
 BLOCK_ROWS = 1 << 16  # rows processed at once inside a shard, so temporaries stay in cache
 FP_BUCKETS = 16  # the duplicate check sorts fingerprints bucket by bucket (by their top bits)
 MAX_ATTEMPTS = 6
+# The race runs one vectorised round per firing index, so draws far beyond the pool's size cost
+# rounds, not rows: refuse totals no subset needs rather than run for days.
+MAX_DRAWS_PER_ROW = 1024
 
 
 @dataclass
@@ -65,6 +68,7 @@ class _Subsample:
 
     def __call__(self, source):
         pairs, scores = source.load(self.stride)
+        self.clock.check(scores, source.where, self.stride)
         return self.clock.prepare(fingerprint(pairs), scores)
 
 
@@ -91,6 +95,7 @@ class _Collect:
 
     def __call__(self, source) -> _ShardPart:
         pairs, scores = source.load()
+        self.clock.check(scores, source.where)
         fps, sums, sel_pairs, sel_counts, bts, bis = [], [], [], [], [], []
         n_sel = n_lo = n_hi = 0
         for start in range(0, len(pairs), BLOCK_ROWS):
@@ -299,6 +304,7 @@ def select(
         parts = list(run(_Collect(clock, level, level), sources))
         _check_duplicates(parts, sources, run, workers)
         return _combine(parts, sum(p.n_lo for p in parts), level)
+    check_total(total, n_rows)
     capacity = clock.capacity(n_rows)
     if total > capacity:
         raise FlytError(f"--total {total} cannot be reached: at most {int(capacity)} draws from {n_rows} rows")
@@ -323,6 +329,13 @@ def select(
         del parts
         widen *= 4.0
     raise FlytError(f"could not bracket the level for --total {total} (last counts {n_lo}..{n_hi})")
+
+
+def check_total(total: int, n_rows: int) -> None:
+    """At most MAX_DRAWS_PER_ROW draws per pool row on average (the race's rounds grow with the copies)."""
+    if total > MAX_DRAWS_PER_ROW * n_rows:
+        raise FlytError(f"--total {total} is more than {MAX_DRAWS_PER_ROW} draws per pool row ({n_rows} rows); "
+                        f"no subset repeats examples that often")
 
 
 def _combine(parts, total: int, level: float) -> Selection:

@@ -1,9 +1,11 @@
 """``classifier``: a linear probe on frozen image embeddings telling downstream-like images from pool images.
 
-Positives: the training images of the --tasks; negatives: a uniform pool sample (seeded). The probe
-is L2-regularised logistic regression with classes weighted to balance, fitted in float64 with
-L-BFGS (deterministic). The score is the probe's logit  w . x + b.  Save it with ``save`` and reuse
-it with ``LinearProbe.load`` (``flyt score --classifier PATH`` / ``--save-classifier PATH``).
+Positives: the training images of the --tasks; negatives: a uniform pool sample (seeded, by uid hash).
+The probe is L2-regularised logistic regression with classes weighted to balance, fitted in float64
+with L-BFGS on one torch thread, so the same inputs give the same bits on every run whatever the
+thread settings. The score is the probe's logit  w . x + b, each row's dot product summed on its own
+(``row_dot``). Save it with ``save`` and reuse it with ``LinearProbe.load`` (``flyt score
+--classifier PATH`` / ``--save-classifier PATH``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from flyt.errors import FlytError
 from flyt.io.atomic import atomic_path
 from flyt.io.pool import Batch
+from flyt.models.rowwise import one_thread, row_dot
 from flyt.scorers.base import FitContext, Scorer
 
 
@@ -48,14 +51,15 @@ class LinearProbe:
             loss.backward()
             return loss
 
-        opt.step(closure)
+        with one_thread():  # multi-threaded reductions would make the fit depend on the thread count
+            opt.step(closure)
         return cls(w.detach().numpy().copy(), float(b.detach()))
 
     def decision(self, x: np.ndarray) -> np.ndarray:
         """The logit of 'downstream-like' for each row (float32)."""
         if x.shape[1] != len(self.weight):
             raise FlytError(f"classifier: fitted on {len(self.weight)}-d images, got {x.shape[1]}-d")
-        return (np.asarray(x, dtype=np.float64) @ self.weight + self.bias).astype(np.float32)
+        return (row_dot(x, self.weight) + self.bias).astype(np.float32)
 
     def save(self, path) -> None:
         with atomic_path(path) as tmp:

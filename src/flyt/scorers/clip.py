@@ -6,8 +6,10 @@
 
 B_k(i) is example i plus the k-th reference batch of ``batch_size - 1`` other pool examples
 (Wang et al. 2024: the log-sum-exp terms of i's CLIP loss in a random batch, averaged over K batches).
-At pool scale the K reference batches are one random sample of the pool drawn once (seeded) and
-shared by every shard, so the score is deterministic and independent of sharding and engine.
+At pool scale the K reference batches are one random sample of the pool drawn once (seeded, by uid
+hash: ``FitContext.pool_sample``) and shared by every shard, and each row is computed on its own
+(``flyt.models.rowwise``), so the score is the same bits whatever the sharding, file order, batch
+size, worker count and engine.
 A reference row with the same uid as i is masked out (i already counts once).
 """
 
@@ -17,15 +19,15 @@ import numpy as np
 
 from flyt.errors import FlytError
 from flyt.io.pool import Batch
-from flyt.scorers.base import FitContext, Scorer, row_chunks
+from flyt.models.rowwise import BLOCK_ROWS, block_map, padded, row_dot, row_norm
+from flyt.scorers.base import FitContext, Scorer
 
 
 def clip_score(image: np.ndarray, text: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row's image and text embedding, float32 (accumulated in float64)."""
-    image = np.asarray(image, dtype=np.float64)
-    text = np.asarray(text, dtype=np.float64)
-    num = np.einsum("ij,ij->i", image, text)
-    den = np.linalg.norm(image, axis=1) * np.linalg.norm(text, axis=1)
+    """Cosine similarity of each row's image and text embedding, float32 (accumulated in float64,
+    row by row: ``row_dot``)."""
+    num = row_dot(image, text)
+    den = row_norm(image) * row_norm(text)
     return (num / np.maximum(den, 1e-12)).astype(np.float32)
 
 
@@ -38,13 +40,15 @@ def negclip_loss(
     temperature: float = 0.01,
     uids: np.ndarray | None = None,
     ref_uids: np.ndarray | None = None,
-    chunk_rows: int = 1024,
+    chunk_rows: int = BLOCK_ROWS,
 ) -> np.ndarray:
     """negCLIPLoss of each row against ``num_batches`` reference batches (float32).
 
     ``ref_image``/``ref_text`` hold the reference batches back to back: (num_batches * m, d), each
     batch contributing m = batch_size - 1 other examples. All embeddings must be L2-normalised.
     Computed in float32 with torch (matmul + logsumexp dominate); lse({a} + S) = logaddexp(a, lse S).
+    Rows go through fixed blocks of ``chunk_rows`` rows, one thread each (``flyt.models.rowwise``), so
+    a row's value does not depend on the other rows of the call.
     """
     import torch
 
@@ -56,24 +60,27 @@ def negclip_loss(
     inv_t = np.float32(1.0 / temperature)
     ref_txt_t = torch.from_numpy(np.ascontiguousarray(ref_text, dtype=np.float32)).T
     ref_img_t = torch.from_numpy(np.ascontiguousarray(ref_image, dtype=np.float32)).T
-    out = np.empty(len(image), dtype=np.float32)
-    for lo, hi in row_chunks(len(image), chunk_rows):
-        rows = hi - lo
-        # (rows, K, m) scaled similarities to the reference texts (image->text) and images (text->image)
-        s_it = (torch.from_numpy(np.ascontiguousarray(image[lo:hi], dtype=np.float32)) @ ref_txt_t).mul_(inv_t)
-        s_ti = (torch.from_numpy(np.ascontiguousarray(text[lo:hi], dtype=np.float32)) @ ref_img_t).mul_(inv_t)
-        s_it, s_ti = s_it.view(rows, num_batches, m), s_ti.view(rows, num_batches, m)
-        if uids is not None and ref_uids is not None:
-            for r in np.flatnonzero(np.isin(uids[lo:hi], ref_uids)):  # rows that are in the sample
-                same = torch.from_numpy((ref_uids == uids[lo + r]).reshape(num_batches, m))
-                s_it[r][same] = -np.inf
-                s_ti[r][same] = -np.inf
-        diag = torch.from_numpy(self_sim[lo:hi] * inv_t)[:, None]  # (rows, 1): i's own pair
-        row = torch.logaddexp(diag, torch.logsumexp(s_it, dim=2))  # (rows, K)
+    in_ref = np.zeros(len(image), dtype=bool)
+    if uids is not None and ref_uids is not None:
+        in_ref = np.isin(uids, ref_uids)  # rows that are in the sample: their own reference copy is masked
+
+    def block(lo: int, hi: int) -> np.ndarray:
+        c = chunk_rows
+        # (c, K, m) scaled similarities to the reference texts (image->text) and images (text->image)
+        s_it = (padded(image, lo, hi, c) @ ref_txt_t).mul_(inv_t).view(c, num_batches, m)
+        s_ti = (padded(text, lo, hi, c) @ ref_img_t).mul_(inv_t).view(c, num_batches, m)
+        for r in np.flatnonzero(in_ref[lo:hi]):
+            same = torch.from_numpy((ref_uids == uids[lo + r]).reshape(num_batches, m))
+            s_it[r][same] = -np.inf
+            s_ti[r][same] = -np.inf
+        diag = padded(self_sim[:, None] * inv_t, lo, hi, c)  # (c, 1): i's own pair
+        row = torch.logaddexp(diag, torch.logsumexp(s_it, dim=2))  # (c, K)
         col = torch.logaddexp(diag, torch.logsumexp(s_ti, dim=2))
-        norm = (row + col).mean(dim=1).numpy().astype(np.float64) * (temperature / 2)
-        out[lo:hi] = self_sim[lo:hi] - norm
-    return out
+        return (row + col).mean(dim=1)[: hi - lo].numpy()
+
+    parts = block_map(block, len(image), chunk_rows)
+    mean_lse = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    return (self_sim - mean_lse.astype(np.float64) * (temperature / 2)).astype(np.float32)
 
 
 class ClipScore(Scorer):

@@ -12,21 +12,40 @@ import numpy as np
 
 from flyt.errors import FlytError
 from flyt.io.pool import Batch
+from flyt.models.rowwise import BLOCK_ROWS, block_map, padded, row_dot
 from flyt.scorers.base import FitContext, Scorer
 
 
-def normsim(image: np.ndarray, targets: np.ndarray, p: float, chunk: int = 16384) -> np.ndarray:
-    """NormSim_p of each row of ``image`` against ``targets`` (float32). p is 2 or inf."""
+def normsim(image: np.ndarray, targets: np.ndarray, p: float, chunk: int = 16384, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+    """NormSim_p of each row of ``image`` against ``targets`` (float32). p is 2 or inf.
+
+    Similarities are float32 products (float64 when an input is float64) on fixed blocks of
+    ``block_rows`` rows, one thread each; the targets are taken ``chunk`` at a time to bound memory.
+    The 2-norm sums squares in float64 row by row (``row_dot``): a row's value does not depend on
+    the other rows of the call.
+    """
+    import torch
+
     if p not in (2, np.inf):
         raise FlytError(f"normsim: p must be 2 or inf, got {p}")
-    n = len(image)
-    acc = np.full(n, -np.inf) if p == np.inf else np.zeros(n)
-    for lo in range(0, len(targets), chunk):  # bound memory for large target sets
-        sims = (image @ targets[lo : lo + chunk].T).astype(np.float64)
-        if p == np.inf:
-            acc = np.maximum(acc, sims.max(axis=1))
-        else:
-            acc += np.einsum("ij,ij->i", sims, sims)
+    wide = np.asarray(image).dtype == np.float64 or np.asarray(targets).dtype == np.float64
+    dtype, np_dtype = (torch.float64, np.float64) if wide else (torch.float32, np.float32)
+    parts_t = [torch.from_numpy(np.ascontiguousarray(targets[lo : lo + chunk], dtype=np_dtype)).T
+               for lo in range(0, len(targets), chunk)]  # bound memory for large target sets
+
+    def block(lo: int, hi: int) -> np.ndarray:
+        x = padded(image, lo, hi, block_rows, dtype)
+        acc = np.full(block_rows, -np.inf) if p == np.inf else np.zeros(block_rows)
+        for t in parts_t:
+            sims = (x @ t).numpy()
+            if p == np.inf:
+                acc = np.maximum(acc, sims.max(axis=1))
+            else:
+                acc += row_dot(sims, sims)
+        return acc[: hi - lo]
+
+    parts = block_map(block, len(image), block_rows)
+    acc = np.concatenate(parts) if parts else np.zeros(0)
     if p == 2:
         acc = np.sqrt(acc / len(targets))
     return acc.astype(np.float32)

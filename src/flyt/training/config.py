@@ -30,6 +30,9 @@ MODES = ("flyt", "mflyt")
 # which would load torch into every `flyt` command's start-up (the CLI builds --help from this module)
 CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)
 PAIRS = ("b32", "l14")
+REFERENCE_INITS = ("auto", "identity", "random")
+# the largest finite value of each training dtype (a number beyond it cannot become a tensor)
+FLOAT_MAX = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
 
 
 @dataclass
@@ -142,10 +145,16 @@ def load_config(path=None, overrides: list[str] | tuple = ()) -> TrainConfig:
     base_dir = Path.cwd()
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise FlytError(f"config file {path} is a directory")
         if not path.is_file():
             raise FlytError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise FlytError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})") from None
+        except OSError as exc:
+            raise FlytError(f"config file {path}: cannot read it ({exc.strerror})") from None
         except yaml.YAMLError as exc:
             raise FlytError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(data, dict):
@@ -222,8 +231,8 @@ def _validate(cfg: TrainConfig, base_dir: Path) -> TrainConfig:
         raise FlytError(f"config key 'warmup_steps' must be a non-negative integer, got {cfg.warmup_steps!r}")
     for key in ("scorer_lr", "reference_lr", "downstream_scale_lr"):
         value = getattr(cfg, key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise FlytError(f"config key '{key}' must be a non-negative number, got {value!r}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+            raise FlytError(f"config key '{key}' must be a finite non-negative number, got {value!r}")
     f = cfg.pool_fraction
     if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1:
         raise FlytError(f"config key 'pool_fraction' must be in (0, 1], got {f!r}")
@@ -236,15 +245,15 @@ def _validate(cfg: TrainConfig, base_dir: Path) -> TrainConfig:
             raise FlytError("config key 'reference.pool_shards' is required for reference.kind openclip")
         if ref.precision not in ("auto", "fp32", "bf16"):
             raise FlytError(f"config key 'reference.precision' must be auto, fp32 or bf16, got {ref.precision!r}")
-        chunk = ref.chunk_size
-        if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
-            raise FlytError(f"config key 'reference.chunk_size' must be a positive integer or null, got {chunk!r}")
         if ref.device not in ("auto", "cpu", "cuda"):
             raise FlytError(f"config key 'reference.device' must be auto, cpu or cuda, got {ref.device!r}")
     if ref.optimizer not in ("adamw", "sgd"):
         raise FlytError(f"config key 'reference.optimizer' must be adamw or sgd, got {ref.optimizer!r}")
+    if ref.init not in REFERENCE_INITS:
+        raise FlytError(f"config key 'reference.init' must be {', '.join(REFERENCE_INITS)}, got {ref.init!r}")
     # every other key: the type its field declares (paths may be os.PathLike; ints pass for floats)
     _check_types(cfg)
+    _check_numbers(cfg)
 
     def resolve(p) -> str:
         return str(p if Path(p).is_absolute() else (base_dir / p))
@@ -257,7 +266,52 @@ def _validate(cfg: TrainConfig, base_dir: Path) -> TrainConfig:
         ref.pool_shards = [resolve(p) for p in ref.pool_shards]
         ref.weights = resolve(ref.weights) if ref.weights else None
     cfg.name = cfg.name or cfg.mode
+    for key in ("score_columns", "tasks", "scores"):  # a column or directory twice would count twice
+        _check_unique(key, getattr(cfg, key))
     return cfg
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Every number finite, representable in the training dtype and in its key's range (types are
+    checked before: a value here is an int, a float or, where the key allows it, None)."""
+    ref, head = cfg.reference, cfg.scorer
+    largest = FLOAT_MAX[cfg.dtype]
+    for key, value in (("pool_fraction", cfg.pool_fraction), ("scorer_lr", cfg.scorer_lr),
+                       ("reference_lr", cfg.reference_lr), ("downstream_logit_scale", cfg.downstream_logit_scale),
+                       ("downstream_scale_lr", cfg.downstream_scale_lr), ("reference.logit_scale", ref.logit_scale),
+                       ("reference.beta1", ref.beta1), ("reference.beta2", ref.beta2), ("reference.eps", ref.eps),
+                       ("reference.weight_decay", ref.weight_decay), ("scorer.init_noise", head.init_noise),
+                       ("scorer.weight_decay", head.weight_decay)):
+        if not math.isfinite(value):
+            raise FlytError(f"config key '{key}' must be a finite number, got {value!r}")
+        if abs(value) > largest:  # torch would fail converting it, or overflow on the first step
+            raise FlytError(f"config key '{key}' must be at most {largest:.4g} in magnitude for dtype {cfg.dtype}, "
+                            f"got {value!r}")
+    if not 0 <= cfg.seed < 2**63:
+        raise FlytError(f"config key 'seed' must be an integer in [0, 2**63), got {cfg.seed!r}")
+    for key, value in (("reference.beta1", ref.beta1), ("reference.beta2", ref.beta2)):
+        if not 0 <= value < 1:
+            raise FlytError(f"config key '{key}' must be in [0, 1), got {value!r}")
+    if ref.eps <= 0:
+        raise FlytError(f"config key 'reference.eps' must be a positive number, got {ref.eps!r}")
+    for key, value in (("reference.weight_decay", ref.weight_decay), ("scorer.weight_decay", head.weight_decay),
+                       ("scorer.init_noise", head.init_noise)):
+        if value < 0:
+            raise FlytError(f"config key '{key}' must be a non-negative number, got {value!r}")
+    if head.depth < 1:
+        raise FlytError(f"config key 'scorer.depth' must be a positive integer, got {head.depth!r}")
+    for key, value in (("reference.embed_dim", ref.embed_dim), ("scorer.hidden_dim", head.hidden_dim),
+                       ("reference.chunk_size", ref.chunk_size)):
+        if value is not None and value < 1:
+            raise FlytError(f"config key '{key}' must be a positive integer or null, got {value!r}")
+
+
+def _check_unique(key: str, values: list) -> None:
+    seen = set()
+    for value in values:
+        if value in seen:
+            raise FlytError(f"config key '{key}' lists {value!r} twice")
+        seen.add(value)
 
 
 PATH_KEYS = {"pool", "tasks", "scores", "out", "reference.weights", "reference.pool_shards"}

@@ -8,6 +8,8 @@ with update_reference, move the reference model to theta' (and its downstream lo
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import sys
@@ -32,6 +34,8 @@ from flyt.training.config import TrainConfig, dump
 from flyt.training.downstream import TaskBatch
 from flyt.training.inner_step import AdamWConfig, adamw_init, adamw_step, sgd_step
 from flyt.training.meta_gradient import meta_gradient
+from flyt.training.resume import check_resume, first_line, read_run_config, restore
+from flyt.training.run_dir import check_out, discard, first_missing
 from flyt.training.schedule import cosine_lr
 
 
@@ -78,6 +82,7 @@ class Checkpoints:
     def __init__(self, run_dir: Path, every: int, keep_every: int):
         self.dir = run_dir / "checkpoints"
         self.every, self.keep_every = every, keep_every
+        self.written: list[Path] = []  # by this process (what a failed fresh run removes)
 
     @property
     def latest(self) -> Path:
@@ -87,29 +92,66 @@ class Checkpoints:
         if step_done % self.every and step_done != total and step_done % self.keep_every:
             return
         state = make_state()
-        torch_save(state, self.latest)
-        if step_done % self.keep_every == 0:
-            torch_save(state, self.dir / f"step_{step_done:07d}.pt")
+        paths = [self.latest] + ([self.dir / f"step_{step_done:07d}.pt"] if step_done % self.keep_every == 0 else [])
+        for path in paths:
+            self.written.append(path)
+            with _write_failure(path):
+                torch_save(state, path)
+
+
+@contextlib.contextmanager
+def _write_failure(path: Path):
+    """torch.save reports a full disk as a RuntimeError of its zip writer: make it the OSError it is."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise OSError(errno.EIO, f"cannot write it: is the disk full? ({first_line(exc)})", str(path)) from exc
 
 
 def train(cfg: TrainConfig | Mapping, resume: bool = False, progress: bool | None = None) -> Path:
     """Train a FLYT (mode flyt) or M-FLYT (mode mflyt) scorer; returns the path of scorer.pt.
 
     ``cfg``: a TrainConfig, or a mapping of its keys (relative paths then resolve against the working
-    directory). Either is validated here.
+    directory). Either is validated here. A fresh run that fails before its first checkpoint (bad
+    data, a full disk, every step skipped) leaves no run directory behind.
     """
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, Mapping) else cfg.validated()
     run_dir = Path(cfg.out)
     checkpoints = Checkpoints(run_dir, cfg.checkpoint_every, cfg.keep_checkpoint_every)
-    if checkpoints.latest.exists() and not resume:
+    check_out(run_dir)
+    for d in cfg.scores:  # read only for mode mflyt's columns: a wrong path must not pass unnoticed
+        if not Path(d).is_dir():
+            raise FlytError(f"config key 'scores': score directory {d} does not exist")
+    if not resume and (checkpoints.latest.exists() or (run_dir / "scorer.pt").exists()):
         raise FlytError(f"{run_dir} already holds a run; pass --resume to continue it or choose another 'out'")
     if resume and not checkpoints.latest.exists():
         raise FlytError(f"--resume: no checkpoint in {checkpoints.dir}")
+    created = first_missing(run_dir)
+    writer = not resume and int(os.environ.get("RANK", "0")) == 0  # rank 0 writes a fresh run
+    try:
+        return _train(cfg, run_dir, checkpoints, resume, progress)
+    except NoStepApplied:
+        if writer:  # its checkpoints hold the untrained start: nothing worth resuming
+            discard(run_dir, created, checkpoints.written)
+        raise
+    except BaseException:
+        if writer and not checkpoints.latest.exists():  # nothing a --resume could continue
+            discard(run_dir, created, checkpoints.written)
+        raise
+
+
+class NoStepApplied(FlytError):
+    """Every step of the run was skipped: its checkpoints hold the untrained initial state."""
+
+
+def _train(cfg: TrainConfig, run_dir: Path, checkpoints: Checkpoints, resume: bool, progress: bool | None) -> Path:
     dtype = getattr(torch, cfg.dtype)
     torch.manual_seed(cfg.seed)
     r = cfg.reference
     raw = r.kind == "openclip"  # the reference reads raw images and captions
     device = distributed.local_device(r.device) if raw else torch.device("cpu")
+    # before the data is read: a resume with another config or a foreign checkpoint fails at once
+    ckpt = check_resume(cfg, run_dir, checkpoints.latest, device) if resume else None
     comm = distributed.setup(device.type)
     comm.barrier()  # every rank has checked the run directory before rank 0 writes into it
 
@@ -134,19 +176,17 @@ def train(cfg: TrainConfig | Mapping, resume: bool = False, progress: bool | Non
     psi = torch.nn.Parameter(torch.tensor(cfg.downstream_logit_scale, dtype=dtype, device=device))
     scorer_opt = torch.optim.AdamW(scorer.parameters(), lr=cfg.scorer_lr, weight_decay=cfg.scorer.weight_decay)
     psi_opt = torch.optim.Adam([psi], lr=cfg.downstream_scale_lr, betas=(0.9, 0.98), eps=1e-6)
-    start = 0
+    start = applied = 0
 
     metrics_path = run_dir / "metrics.jsonl"
-    if resume:
-        ckpt = torch.load(checkpoints.latest, map_location=device, weights_only=False)
-        scorer.load_state_dict(ckpt["scorer"])
-        scorer_opt.load_state_dict(ckpt["scorer_opt"])
-        params, ref_state = ckpt["reference"], ckpt["reference_state"]
-        with torch.no_grad():
-            psi.copy_(ckpt["psi"])
-        psi_opt.load_state_dict(ckpt["psi_opt"])
+    if ckpt is not None:
+        params, ref_state = restore(ckpt, checkpoints.latest, scorer, scorer_opt, params, psi, psi_opt)
         start = ckpt["step"]
+        applied = ckpt.get("applied", start)  # checkpoints before issue 16 do not count skipped steps
         if comm.rank == 0:
+            saved = read_run_config(run_dir / "config.yaml") or {}
+            if (saved.get("steps"), saved.get("out")) != (cfg.steps, cfg.out):  # the keys a resume may change
+                write_text(dump(cfg), run_dir / "config.yaml")
             _truncate_metrics(metrics_path, start)
     elif comm.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -157,6 +197,7 @@ def train(cfg: TrainConfig | Mapping, resume: bool = False, progress: bool | Non
     def state_now(step_done: int) -> dict:
         return {
             "step": step_done,
+            "applied": applied,
             "scorer": scorer.state_dict(),
             "scorer_opt": scorer_opt.state_dict(),
             "reference": params,
@@ -213,6 +254,7 @@ def train(cfg: TrainConfig | Mapping, resume: bool = False, progress: bool | Non
                 torch.isfinite(p.grad).all() for p in scorer.parameters() if p.grad is not None
             ) and all(torch.isfinite(p).all() for p in meta.new_params.values())
             if finite:
+                applied += 1
                 scorer_opt.step()
                 if cfg.update_reference:  # theta <- theta'; the Adam state advances once per step
                     params, ref_state = meta.new_params, meta.new_state
@@ -241,9 +283,18 @@ def train(cfg: TrainConfig | Mapping, resume: bool = False, progress: bool | Non
                 checkpoints.maybe_save(step + 1, cfg.steps, lambda done=step + 1: state_now(done))
             bar.set_postfix(down=f"{meta.downstream_loss:.4f}", up=f"{meta.upstream_loss:.3f}")
 
+    if applied == 0:
+        raise NoStepApplied(
+            f"no training step was applied: all {cfg.steps} steps had a non-finite meta-gradient or update "
+            f"(check reference_lr and the logit scales); no scorer written"
+        )
+    if not all(bool(torch.isfinite(p).all()) for p in scorer.parameters()):
+        raise FlytError(f"training diverged: the scorer's parameters are not finite after step {cfg.steps} "
+                        f"(try a smaller scorer_lr); no scorer written, checkpoints kept in {checkpoints.dir}")
     out = run_dir / "scorer.pt"
     if comm.rank == 0:
-        save_scorer(out, cfg.mode, cfg.name, scorer.float().cpu(), train_config=cfg.to_dict())
+        with _write_failure(out):
+            save_scorer(out, cfg.mode, cfg.name, scorer.float().cpu(), train_config=cfg.to_dict())
     comm.barrier()
     comm.close()
     return out
@@ -255,11 +306,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
         write_text("", path)
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by the kill
             continue
-        if row["step"] <= step:
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
             keep.append(line)
     write_text("".join(line + "\n" for line in keep), path)
