@@ -49,12 +49,24 @@ class LoadedScorer:
     """A trained scorer ready to score pool rows."""
 
     def __init__(self, payload: dict, where: str = "scorer"):
+        if not isinstance(payload, dict):
+            raise FlytError(f"{where}: not a flyt scorer checkpoint (it holds a {type(payload).__name__}, not a mapping)")
         if payload.get("format") != FORMAT:
             raise FlytError(f"{where}: not a flyt scorer checkpoint (format {payload.get('format')!r})")
+        for key, types in (("kind", str), ("name", str), ("model", dict), ("state_dict", dict)):
+            if not isinstance(payload.get(key), types):
+                found = "missing" if key not in payload else f"a {type(payload[key]).__name__}"
+                raise FlytError(f"{where}: scorer checkpoint key '{key}' must be a {types.__name__}, found {found}")
         self.kind = payload["kind"]
         self.name = payload["name"]
-        self.model = build_model(self.kind, payload["model"])
-        self.model.load_state_dict(payload["state_dict"])
+        try:
+            self.model = build_model(self.kind, payload["model"])
+            self.model.load_state_dict(payload["state_dict"])
+        except FlytError as exc:
+            raise FlytError(f"{where}: {exc}") from None
+        except (TypeError, KeyError, ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise FlytError(f"{where}: scorer checkpoint does not fit its model ({type(exc).__name__}: {first})") from None
         self.model.eval()
         self.train_config = payload.get("train", {})
         self.where = where

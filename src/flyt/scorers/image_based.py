@@ -44,6 +44,7 @@ def fit_centroids(sample: np.ndarray, clusters: int, seed: int) -> np.ndarray:
     scikit-learn sums the per-thread partial centroid sums in whatever order its threads finish, so
     with 3 or more OpenMP threads two runs can differ, and the result changes with the thread count.
     The fit therefore runs with one OpenMP and one BLAS thread: a function of (sample, seed) alone.
+    The price is time on many-core machines (up to the core count; 1.1-1.2x on 2 cores, measured).
     """
     cluster = require("sklearn.cluster", "scorers")
     from threadpoolctl import threadpool_limits
