@@ -22,6 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from flyt.errors import FlytError
+from flyt.io.tars import scan_tar
 from flyt.io.uids import pair_uid
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -63,15 +64,6 @@ def list_tars(patterns, what: str = "webdataset") -> list[str]:
     return paths
 
 
-def _split_key(name: str) -> tuple[str, str]:
-    base = name.rsplit("/", 1)[-1]
-    directory = name[: len(name) - len(base)]
-    if "." not in base:
-        return name, ""
-    stem, ext = base.split(".", 1)
-    return directory + stem, ext.lower()
-
-
 @dataclass
 class Member:
     """Where one member's bytes are inside its tar (for random access by seek)."""
@@ -87,27 +79,24 @@ class Member:
 
 
 def iter_samples(path: str) -> Iterator[dict[str, Member]]:
-    """Samples of one shard as {extension: Member}, plus '__key__' (a str), in file order."""
+    """Samples of one shard as {extension: Member}, plus '__key__' (a str), in file order.
+
+    Read with the strict header scanner (``flyt.io.tars.scan_tar``): a damaged header or a truncated
+    member fails naming the file and byte offset, where ``tarfile`` would stop without a word and the
+    rest of the shard would be lost.
+    """
+    if not Path(path).is_file():
+        raise FlytError(f"{path}: unreadable webdataset shard (no such file)")
     try:
-        tar = tarfile.open(path, "r:")  # uncompressed only: members must be seekable
-    except (tarfile.TarError, OSError) as exc:
-        raise FlytError(f"{path}: unreadable webdataset shard ({type(exc).__name__}: {exc})") from None
-    current: dict = {}
-    with tar:
-        try:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                key, ext = _split_key(info.name)
-                if current and current["__key__"] != key:
-                    yield current
-                    current = {}
-                current.setdefault("__key__", key)
-                current[ext] = Member(path, info.offset_data, info.size)
-        except tarfile.TarError as exc:
-            raise FlytError(f"{path}: unreadable webdataset shard ({type(exc).__name__}: {exc})") from None
-    if current:
-        yield current
+        scanned = scan_tar(path)
+    except FlytError as exc:
+        why = str(exc).removeprefix(f"{path}: ")
+        raise FlytError(f"{path}: unreadable webdataset shard ({why})") from None
+    for s in scanned:
+        sample: dict = {"__key__": s.key}
+        for ext, offset, size in zip(s.exts, s.offsets, s.sizes):
+            sample[ext.lower()] = Member(path, offset, size)
+        yield sample
 
 
 def image_member(sample: dict, where: str) -> Member:
