@@ -26,6 +26,7 @@ _API = {
     "embed": "embed", "EmbedConfig": "embed", "EmbedResult": "embed",
     "demo": "demo", "DemoConfig": "demo", "DemoResult": "demo",
     "reshard": "reshard", "ReshardConfig": "reshard", "ReshardResult": "reshard", "subset_stream": "reshard",
+    "import_scorer": "import_scorer", "ImportScorerConfig": "import_scorer", "ImportScorerResult": "import_scorer",
 }
 
 __all__ = ["FlytError", "MissingDependency", "__version__", *_API]

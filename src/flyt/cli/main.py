@@ -21,8 +21,9 @@ import traceback
 from flyt import __version__
 from flyt.errors import FlytError
 
-# One module per command under flyt.cli; each defines add_parser(subparsers) that sets `func`.
-COMMANDS = ["train", "score", "sample", "reshard", "embed", "demo"]
+# One module per command under flyt.cli (a dash in the command is an underscore in the module name);
+# each defines add_parser(subparsers) that sets `func`.
+COMMANDS = ["train", "score", "sample", "reshard", "embed", "demo", "import-scorer"]
 
 # OSErrors about a path the user named (input errors: exit 2); every other OSError is the environment's (exit 1).
 BAD_PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP}
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"flyt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
     for name in COMMANDS:
-        importlib.import_module(f"flyt.cli.{name}").add_parser(sub)
+        importlib.import_module(f"flyt.cli.{name.replace('-', '_')}").add_parser(sub)
     return parser
 
 

@@ -2,7 +2,9 @@
 
 Contents: ``format``, ``kind`` ("flyt" | "mflyt"), ``name`` (the score column it writes),
 ``model`` (constructor arguments: dims, or input columns and their standardisation statistics),
-``state_dict``, and ``train`` (the resolved training config, for provenance).
+``state_dict``, and ``train`` (the resolved training config, for provenance). A scorer imported from
+the authors' released checkpoints (``flyt import-scorer``) also holds ``source``: the file it came
+from (path, sha256), what was dropped (the frozen CLIP base) and how the authors fed the inputs.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ FORMAT = "flyt-scorer/1"
 MIXER_BLOCK_ROWS = 8 * BLOCK_ROWS  # M-FLYT: a few columns per row, so per-block overhead dominates
 
 
-def scorer_payload(kind: str, name: str, model: torch.nn.Module, train_config: dict | None = None) -> dict:
-    return {
+def scorer_payload(kind: str, name: str, model: torch.nn.Module, train_config: dict | None = None,
+                   source: dict | None = None) -> dict:
+    payload = {
         "format": FORMAT,
         "kind": kind,
         "name": name,
@@ -31,17 +34,22 @@ def scorer_payload(kind: str, name: str, model: torch.nn.Module, train_config: d
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "train": train_config or {},
     }
+    if source is not None:
+        payload["source"] = source
+    return payload
 
 
-def save_scorer(path, kind: str, name: str, model: torch.nn.Module, train_config: dict | None = None) -> None:
-    torch_save(scorer_payload(kind, name, model, train_config), path)
+def save_scorer(path, kind: str, name: str, model: torch.nn.Module, train_config: dict | None = None,
+                source: dict | None = None) -> None:
+    torch_save(scorer_payload(kind, name, model, train_config, source), path)
 
 
 def build_model(kind: str, model_config: dict) -> torch.nn.Module:
     if kind == "flyt":
         return SwiGLUScorer(**model_config)
     if kind == "mflyt":
-        return ScoreMixer(model_config["columns"], model_config["mean"], model_config["std"])
+        return ScoreMixer(model_config["columns"], model_config["mean"], model_config["std"],
+                          bias=bool(model_config.get("bias", False)))
     raise FlytError(f"unknown scorer kind {kind!r}")
 
 
@@ -69,6 +77,7 @@ class LoadedScorer:
             raise FlytError(f"{where}: scorer checkpoint does not fit its model ({type(exc).__name__}: {first})") from None
         self.model.eval()
         self.train_config = payload.get("train", {})
+        self.source = payload.get("source") or {}  # set for an imported authors' scorer
         self.where = where
 
     @property
@@ -96,9 +105,10 @@ class LoadedScorer:
             if image is None or text is None:
                 raise FlytError(f"{self.where}: a FLYT scorer needs image and text embeddings")
             if image.shape[1] != self.model.image_dim or text.shape[1] != self.model.text_dim:
+                pair = self.source.get("pair")  # an imported authors' head names the pair it reads
                 raise FlytError(
                     f"{self.where}: trained on {self.model.image_dim}+{self.model.text_dim}-d embeddings, "
-                    f"got {image.shape[1]}+{text.shape[1]}-d"
+                    f"got {image.shape[1]}+{text.shape[1]}-d" + (f" (it reads pair {pair}: score with --pair {pair})" if pair else "")
                 )
             dtype = next(self.model.parameters()).dtype
             n, rows = len(image), BLOCK_ROWS

@@ -4,6 +4,9 @@
 
 No bias: the softmax over a batch (training) and over the pool (sampling) ignore a constant.
 The statistics are those of the pool the model was trained on and travel with the model.
+An imported authors' mixer (``flyt.models.authors``) has ``bias=True``, mean 0 and std 1: it reads
+its inputs raw, as the authors did, and adds their bias: the same float32 linear layer over the same
+float32 inputs.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from flyt.errors import FlytError
 
 
 class ScoreMixer(nn.Module):
-    def __init__(self, columns: list[str], mean, std):
+    def __init__(self, columns: list[str], mean, std, bias: bool = False):
         super().__init__()
         if not columns:
             raise FlytError("M-FLYT needs at least one score column (score_columns)")
@@ -25,8 +28,10 @@ class ScoreMixer(nn.Module):
         std = torch.as_tensor(np.asarray(std), dtype=torch.float64)
         self.register_buffer("std", torch.where(std > 0, std, torch.ones_like(std)))
         # Zero init: every example starts equally likely; the first meta-gradients pick the mix.
-        self.linear = nn.Linear(len(columns), 1, bias=False)
+        self.linear = nn.Linear(len(columns), 1, bias=bias)
         nn.init.zeros_(self.linear.weight)
+        if bias:
+            nn.init.zeros_(self.linear.bias)
 
     @classmethod
     def fit_statistics(cls, columns: list[str], scores: np.ndarray) -> "ScoreMixer":
@@ -44,4 +49,7 @@ class ScoreMixer(nn.Module):
         return {c: float(w) for c, w in zip(self.columns, self.linear.weight.detach().reshape(-1))}
 
     def config(self) -> dict:
-        return {"columns": self.columns, "mean": self.mean.tolist(), "std": self.std.tolist()}
+        out = {"columns": self.columns, "mean": self.mean.tolist(), "std": self.std.tolist()}
+        if self.linear.bias is not None:  # only when set, so a trained mixer's scorer.pt is as before
+            out["bias"] = True
+        return out

@@ -4,7 +4,8 @@
     score = W2( silu(W1 x) * (W3 x) )                        W1, W3: d -> h,  W2: h -> 1
 
 ``depth > 1`` puts residual SwiGLU blocks (d -> h -> d, output projection zero-initialised, so the
-initial score is unchanged) before the final head.
+initial score is unchanged) before the final head. ``residual=False`` chains the blocks without the
+skip (x <- block(x)), the layout of the authors' released heads (``flyt.models.authors``).
 
 Cosine init (needs d_img == d_txt = e, i.e. both embeddings in one space, as CLIP's are):
 W1 = diag(+1 on image dims, -1 on text dims); W3 maps the text half onto the image half and minus the
@@ -46,6 +47,7 @@ class SwiGLUScorer(nn.Module):
         depth: int = 1,
         cosine_init: bool = False,
         init_noise: float = 0.01,
+        residual: bool = True,
     ):
         super().__init__()
         if depth < 1:
@@ -53,9 +55,9 @@ class SwiGLUScorer(nn.Module):
         self.image_dim, self.text_dim = image_dim, text_dim
         d = image_dim + text_dim
         h = hidden_dim or d
-        self.hidden_dim, self.depth = h, depth
+        self.hidden_dim, self.depth, self.residual = h, depth, residual
         self.blocks = nn.ModuleList(SwiGLU(d, h, d) for _ in range(depth - 1))
-        for block in self.blocks:  # residual blocks start as the identity
+        for block in self.blocks if residual else ():  # residual blocks start as the identity
             nn.init.zeros_(block.w2.weight)
             nn.init.zeros_(block.w2.bias)
         self.head = SwiGLU(d, h, 1)
@@ -85,13 +87,16 @@ class SwiGLUScorer(nn.Module):
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         x = torch.cat([F.normalize(image, dim=-1), F.normalize(text, dim=-1)], dim=-1)
         for block in self.blocks:
-            x = x + block(x)
+            x = x + block(x) if self.residual else block(x)
         return self.head(x).squeeze(-1)
 
     def config(self) -> dict:
-        return {
+        out = {
             "image_dim": self.image_dim,
             "text_dim": self.text_dim,
             "hidden_dim": self.hidden_dim,
             "depth": self.depth,
         }
+        if not self.residual:  # only when set, so the scorer.pt of a residual head is as before
+            out["residual"] = False
+        return out
