@@ -10,9 +10,10 @@ from flyt.errors import FlytError
 from flyt.training.config import ReferenceConfig, TrainConfig, config_keys, dump, load_config
 from flyt.training.schedule import cosine_lr
 
-# The keys config.yaml and scorer.pt's train config held before the dataclasses (plus 'pair').
+# The keys config.yaml and scorer.pt's train config held before the dataclasses (plus 'pair', and
+# issue 11's 'pool_buffer' and 'pool_block': the streamed pool).
 KEYS = [
-    "mode", "name", "pool", "pair", "pool_fraction", "scores", "score_columns", "tasks",
+    "mode", "name", "pool", "pair", "pool_fraction", "pool_buffer", "pool_block", "scores", "score_columns", "tasks",
     *(f"reference.{k}" for k in ["kind", "embed_dim", "init", "logit_scale", "optimizer", "beta1", "beta2", "eps",
                                  "weight_decay", "model", "weights", "pool_shards", "precision", "device",
                                  "chunk_size"]),

@@ -39,6 +39,11 @@ def train(
     ``resume`` continues the run in ``out`` from its last checkpoint; the config must be the run's
     config.yaml in every key but ``steps`` (a changed key is a FlytError naming it).
 
+    The pool is held in memory when its float32 embeddings take less than 2 GiB, else streamed
+    (``pool_buffer``: ``"auto"`` or a number of rows): rows drawn with replacement in blocks of
+    ``pool_block`` rows through a shuffle buffer of ``pool_buffer x (d_img + d_txt) x 4`` bytes, its
+    position kept in the checkpoints (``flyt.training.upstream``; the DataComp recipe: docs/datacomp.md).
+
     >>> import flyt
     >>> run = flyt.train({"pool": "data/pool", "tasks": ["data/tasks/imagenet"], "steps": 5000,
     ...                   "out": "runs/flyt"})  # doctest: +SKIP

@@ -15,7 +15,11 @@ def add_parser(sub) -> None:
             "Train a FLYT scorer (mode: flyt, SwiGLU head over frozen image/text embeddings) or an "
             "M-FLYT mixer (mode: mflyt, linear over standardised score columns) by differentiating the "
             "downstream loss through one optimizer step of a reference CLIP model. Writes a run "
-            "directory: config.yaml, metrics.jsonl, checkpoints/, scorer.pt."
+            "directory: config.yaml, metrics.jsonl, checkpoints/, scorer.pt. The pool (flyt shards or a DataComp "
+            "metadata directory; 'pair' picks b32 or l14) is held in memory when its float32 embeddings take "
+            "< 2 GiB, else streamed (pool_buffer: auto | ROWS): rows drawn with replacement in blocks of "
+            "pool_block rows through a shuffle buffer of pool_buffer x (d_img + d_txt) x 4 bytes "
+            "(l14: 6 KiB a row, b32: 4 KiB) plus one block."
         ),
         epilog="config keys: " + _keys_help(),
     )

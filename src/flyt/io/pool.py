@@ -168,6 +168,12 @@ def pool_shards(pool_dir, pair: str = DEFAULT_PAIR) -> list[PoolShard]:
     return [PoolShard(p.stem, str(p), npz=str(p.with_suffix(".npz")), pair=pair, rows=row_count(p)) for p in shards]
 
 
+def fraction_limit(fraction: float) -> np.uint64:
+    """``pool_fraction``'s filter: a row is kept when its uid's high 64 bits are below this (uids are
+    random 128-bit numbers, so the kept rows are a uniform sample, the same however the pool is sharded)."""
+    return np.uint64(min(fraction * 2.0**64, 2.0**64 - 2**11))
+
+
 @dataclass
 class PoolArrays:
     """A pool loaded into memory (for training): rows aligned across all fields."""
@@ -200,7 +206,7 @@ def load_pool(
     """
     shards = pool_shards(pool_dir, pair)
     extra = ScoreDirs(score_dirs, cache=True) if score_dirs else None
-    limit = np.uint64(min(fraction * 2.0**64, 2.0**64 - 2**11))
+    limit = fraction_limit(fraction)
     uid_parts, img_parts, txt_parts, score_parts = [], [], [], []
     dims = None
     for shard in shards:

@@ -71,23 +71,24 @@ def _read_lines(path: Path) -> list[str]:
     return lines
 
 
-def _integer_labels(column, path: Path) -> np.ndarray:
-    """The label column as int64. Integer columns pass; a float column passes only where every value
-    is a whole number (2.0 is label 2: pandas writes integer labels as floats next to a null), else the
-    first fractional or non-finite row is named; any other type (strings, booleans) is refused."""
+def _integer_labels(column, path: Path, name: str = "label", what: str = "class index") -> np.ndarray:
+    """An index column (``label``; prompts' ``template_index`` / ``class_index``) as int64. Integer
+    columns pass; a float column passes only where every value is a whole number (2.0 is label 2: pandas
+    writes integer labels as floats next to a null), else the first fractional or non-finite row is named
+    (never truncated); any other type (strings, booleans) is refused."""
     import pyarrow as pa
 
     kind = column.type
     if pa.types.is_integer(kind):
         return column.to_numpy().astype(np.int64)
     if not pa.types.is_floating(kind):
-        raise FlytError(f"{path}: column 'label' must hold integer class indices, got {kind}")
-    values = column.to_numpy().astype(np.float64)
+        raise FlytError(f"{path}: column '{name}' must hold integer {what[:-2]}ices, got {kind}")
+    values = column.to_numpy(zero_copy_only=False).astype(np.float64)
     with np.errstate(invalid="ignore"):
         bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) >= 2.0**62))
     if bad.size:
         r = int(bad[0])
-        raise FlytError(f"{path}: row {r}: label {values[r]:g} is not an integer class index")
+        raise FlytError(f"{path}: row {r}: {name} {values[r]:g} is not an integer {what}")
     return values.astype(np.int64)
 
 
@@ -124,8 +125,11 @@ def load_task(directory, image_dim: int | None = None, text_dim: int | None = No
         raise FlytError(f"{prompts_path}: missing file (task without prompts; run 'flyt embed' on the task)")
     table = read_table(prompts_path, ["template_index", "class_index", TEXT])
     emb = l2_normalise(embedding_matrix(table, TEXT, str(prompts_path), text_dim))
-    t_idx = table.column("template_index").to_numpy().astype(np.int64)
-    c_idx = table.column("class_index").to_numpy().astype(np.int64)
+    for name in ("template_index", "class_index"):
+        if table.column(name).null_count:
+            raise FlytError(f"{prompts_path}: column '{name}' has nulls")
+    t_idx = _integer_labels(table.column("template_index"), prompts_path, "template_index", "template index")
+    c_idx = _integer_labels(table.column("class_index"), prompts_path, "class_index", "class index")
     T, C = len(templates), len(classnames)
     bad = np.flatnonzero((t_idx < 0) | (t_idx >= T) | (c_idx < 0) | (c_idx >= C))
     if bad.size:

@@ -2,6 +2,7 @@
 
 - ``config``: ``TrainConfig`` (+ ``ReferenceConfig``, ``ScorerHeadConfig``), built from YAML and overrides.
 - ``loop``: ``train(cfg)``, the training loop; writes the run directory and scorer.pt.
+- ``upstream``: each step's upstream batch: the pool in memory, or streamed through a bounded buffer (``pool_buffer``).
 - ``meta_gradient``: the exact meta-gradient dL_down/dlog w of one reference step.
 - ``inner_step``: the reference's optimizer step, differentiable in its gradient (AdamW, SGD).
 - ``downstream``: the downstream tasks' batches and zero-shot loss.

@@ -78,6 +78,12 @@ class TrainConfig:
     pool: str | None = None  # flyt pool directory, or DataComp metadata directory (parquet + npz)
     pair: str = "l14"  # DataComp pool: the embedding pair to read, b32 | l14 (flyt pools: ignored)
     pool_fraction: float = 1.0  # train on a uniform, shard-independent sample of the pool (by uid) this size
+    # auto: hold the pool's embeddings in memory when they take < 2 GiB (rows x fraction x (d_img + d_txt) x 4
+    # bytes), else stream them through a buffer of max(65536, upstream_batch) rows; an integer: stream with that many rows (at least
+    # upstream_batch). Streaming draws rows with replacement in blocks of pool_block rows from random shards
+    # into a shuffle buffer costing pool_buffer x (d_img + d_txt) x 4 bytes (l14: 6 KiB a row) plus one block
+    pool_buffer: int | str = "auto"
+    pool_block: int = 1024  # streaming: consecutive rows read from a shard at a time
     scores: list[str] = field(default_factory=list)  # extra score directories, joined to the pool by uid
     score_columns: list[str] = field(default_factory=list)  # M-FLYT inputs
     tasks: list[str] = field(default_factory=list)  # downstream task directories
@@ -233,6 +239,14 @@ def _validate(cfg: TrainConfig, base_dir: Path) -> TrainConfig:
         value = getattr(cfg, key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
             raise FlytError(f"config key '{key}' must be a finite non-negative number, got {value!r}")
+    buffer = cfg.pool_buffer
+    if buffer != "auto" and (not isinstance(buffer, int) or isinstance(buffer, bool) or buffer < 1):
+        raise FlytError(f"config key 'pool_buffer' must be auto or a positive number of rows, got {buffer!r}")
+    if isinstance(buffer, int) and buffer < cfg.upstream_batch:
+        raise FlytError(f"config key 'pool_buffer' ({buffer} rows) must hold at least one upstream batch "
+                        f"(upstream_batch {cfg.upstream_batch})")
+    if not isinstance(cfg.pool_block, int) or isinstance(cfg.pool_block, bool) or cfg.pool_block < 1:
+        raise FlytError(f"config key 'pool_block' must be a positive integer, got {cfg.pool_block!r}")
     f = cfg.pool_fraction
     if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1:
         raise FlytError(f"config key 'pool_fraction' must be in (0, 1], got {f!r}")

@@ -1,7 +1,8 @@
 """The FLYT / M-FLYT training loop (SPEC.md sections 2 and 3), in one readable function.
 
-Per step: draw an upstream pool batch and one downstream batch per task (both from (seed, step), so a
-resumed run draws exactly what an uninterrupted one does); score the batch, w = softmax(scores); get the
+Per step: draw an upstream pool batch and one downstream batch per task (from (seed, step), or for a
+streamed pool from the stream, whose state the checkpoints keep: either way a resumed run draws exactly
+what an uninterrupted one does; ``flyt.training.upstream``); score the batch, w = softmax(scores); get the
 exact meta-gradient dL_down/dlog w; step the scorer on < log_softmax(scores), sg(dL_down/dlog w) >; and,
 with update_reference, move the reference model to theta' (and its downstream logit scale psi).
 """
@@ -22,8 +23,8 @@ import torch
 from tqdm import tqdm
 
 from flyt.errors import FlytError
-from flyt.io.atomic import torch_save, write_text
-from flyt.io.pool import load_pool
+from flyt.io.atomic import exclusive_lock, torch_save, write_text
+from flyt.io.pool import PoolArrays
 from flyt.io.tasks import load_task
 from flyt.models.checkpoint import save_scorer
 from flyt.models.mixing import ScoreMixer
@@ -35,15 +36,19 @@ from flyt.training.downstream import TaskBatch
 from flyt.training.inner_step import AdamWConfig, adamw_init, adamw_step, sgd_step
 from flyt.training.meta_gradient import meta_gradient
 from flyt.training.resume import check_resume, first_line, read_run_config, restore
-from flyt.training.run_dir import check_out, discard, first_missing
+from flyt.training.run_dir import LOCK_NAME, check_out, discard, first_missing, remove_run_leftovers
 from flyt.training.schedule import cosine_lr
+from flyt.training.upstream import open_upstream
 
 
 def build_scorer(cfg: TrainConfig, pool, image_dim: int, text_dim: int) -> torch.nn.Module:
+    """The scorer phi. ``pool``: M-FLYT's statistics source, a PoolArrays or an upstream (``score_statistics``)."""
     if cfg.mode == "flyt":
         s = cfg.scorer
         return SwiGLUScorer(image_dim, text_dim, s.hidden_dim, s.depth, s.cosine_init, s.init_noise)
-    return ScoreMixer.fit_statistics(cfg.score_columns, pool.scores)
+    if isinstance(pool, PoolArrays):
+        return ScoreMixer.fit_statistics(cfg.score_columns, pool.scores)
+    return ScoreMixer(cfg.score_columns, *pool.score_statistics())
 
 
 def sample_task_batch(task, rng: np.random.Generator, size: int, dtype, comm=None) -> TaskBatch:
@@ -145,6 +150,12 @@ class NoStepApplied(FlytError):
 
 
 def _train(cfg: TrainConfig, run_dir: Path, checkpoints: Checkpoints, resume: bool, progress: bool | None) -> Path:
+    with contextlib.ExitStack() as held:  # the run's lock and the pool stream's open files
+        return _train_held(cfg, run_dir, checkpoints, resume, progress, held)
+
+
+def _train_held(cfg: TrainConfig, run_dir: Path, checkpoints: Checkpoints, resume: bool, progress: bool | None,
+                held: contextlib.ExitStack) -> Path:
     dtype = getattr(torch, cfg.dtype)
     torch.manual_seed(cfg.seed)
     r = cfg.reference
@@ -153,22 +164,26 @@ def _train(cfg: TrainConfig, run_dir: Path, checkpoints: Checkpoints, resume: bo
     # before the data is read: a resume with another config or a foreign checkpoint fails at once
     ckpt = check_resume(cfg, run_dir, checkpoints.latest, device) if resume else None
     comm = distributed.setup(device.type)
+    if resume and comm.rank == 0:
+        # one run at a time in a run directory; holding it, what a killed run left half-written is garbage
+        held.enter_context(exclusive_lock(run_dir / LOCK_NAME, f"training run {run_dir}"))
+        remove_run_leftovers(run_dir)
     comm.barrier()  # every rank has checked the run directory before rank 0 writes into it
 
-    # Data: the whole pool's embeddings (and M-FLYT inputs) in memory, tasks with their prompts.
-    pool = load_pool(cfg.pool, embeddings=True, score_columns=cfg.score_columns, score_dirs=cfg.scores,
-                     fraction=cfg.pool_fraction, pair=cfg.pair)
-    image_dim, text_dim = pool.image.shape[1], pool.text.shape[1]
+    # Data: the pool's embeddings (and M-FLYT inputs), in memory or streamed (pool_buffer); tasks in memory.
+    upstream = open_upstream(cfg)
+    held.callback(upstream.close)
+    image_dim, text_dim = upstream.dims
     if raw:
         from flyt.training import raw_inputs
 
-        pairs = raw_inputs.open_pool(r.pool_shards, pool.uids)
+        pairs = raw_inputs.open_pool(r.pool_shards, upstream.uids)  # streaming: uids are checked per batch
         tasks = raw_inputs.load_raw_tasks(cfg.tasks)
     else:
         tasks = [load_task(t, image_dim=image_dim, text_dim=text_dim) for t in cfg.tasks]
 
     # Models: scorer phi, reference theta (+ its optimizer state), downstream logit scale psi.
-    scorer = build_scorer(cfg, pool, image_dim, text_dim).to(device, dtype)
+    scorer = build_scorer(cfg, upstream, image_dim, text_dim).to(device, dtype)
     reference, params = build_reference(cfg, image_dim, text_dim, device)
     ref_opt = AdamWConfig(cfg.reference_lr, r.beta1, r.beta2, r.eps, r.weight_decay)
     step_fn = adamw_step if r.optimizer == "adamw" else sgd_step
@@ -181,6 +196,7 @@ def _train(cfg: TrainConfig, run_dir: Path, checkpoints: Checkpoints, resume: bo
     metrics_path = run_dir / "metrics.jsonl"
     if ckpt is not None:
         params, ref_state = restore(ckpt, checkpoints.latest, scorer, scorer_opt, params, psi, psi_opt)
+        upstream.restore(ckpt.get("stream"), str(checkpoints.latest))
         start = ckpt["step"]
         applied = ckpt.get("applied", start)  # checkpoints before issue 16 do not count skipped steps
         if comm.rank == 0:
@@ -190,12 +206,14 @@ def _train(cfg: TrainConfig, run_dir: Path, checkpoints: Checkpoints, resume: bo
             _truncate_metrics(metrics_path, start)
     elif comm.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        held.enter_context(exclusive_lock(run_dir / LOCK_NAME, f"training run {run_dir}"))
         write_text(dump(cfg), run_dir / "config.yaml")
         write_text("", metrics_path)
     comm.barrier()
 
     def state_now(step_done: int) -> dict:
-        return {
+        stream = {"stream": upstream.state()} if upstream.streaming else {}  # where the pool stream stands
+        return stream | {
             "step": step_done,
             "applied": applied,
             "scorer": scorer.state_dict(),
@@ -207,7 +225,7 @@ def _train(cfg: TrainConfig, run_dir: Path, checkpoints: Checkpoints, resume: bo
             "config": cfg.to_dict(),
         }
 
-    n = len(pool)
+    n = upstream.rows
     batch = min(cfg.upstream_batch, n)
     if batch < comm.world:
         raise FlytError(f"upstream_batch {batch} is smaller than the {comm.world} data-parallel processes")
@@ -218,13 +236,12 @@ def _train(cfg: TrainConfig, run_dir: Path, checkpoints: Checkpoints, resume: bo
         for step in bar:
             t0 = time.perf_counter()
             rng = np.random.default_rng([cfg.seed, step])
-            idx = np.sort(rng.choice(n, size=batch, replace=False))
-            mine = comm.chunk(idx)  # data-parallel: this rank's contiguous chunk of the global batch
+            up = upstream.draw(rng, batch)  # the global batch; every rank keeps its contiguous chunk
             # the scorer's input: the pool's frozen embeddings
-            emb_image = torch.as_tensor(pool.image[mine], dtype=dtype, device=device)
-            emb_text = torch.as_tensor(pool.text[mine], dtype=dtype, device=device)
+            emb_image = torch.as_tensor(comm.chunk(up.image), dtype=dtype, device=device)
+            emb_text = torch.as_tensor(comm.chunk(up.text), dtype=dtype, device=device)
             if raw:  # the reference's input: the same examples' raw pixels and tokens, by uid
-                up_image, up_text = raw_inputs.upstream_inputs(reference, pairs, pool.uids[mine], device)
+                up_image, up_text = raw_inputs.upstream_inputs(reference, pairs, comm.chunk(up.uids), device)
                 task_batches = [raw_inputs.task_batch(reference, t, rng, cfg.downstream_batch, comm, device)
                                 for t in tasks]
             else:
@@ -235,7 +252,7 @@ def _train(cfg: TrainConfig, run_dir: Path, checkpoints: Checkpoints, resume: bo
             if cfg.mode == "flyt":
                 scores = scorer(emb_image, emb_text)
             else:
-                scores = scorer(torch.as_tensor(pool.scores[mine], device=device))
+                scores = scorer(torch.as_tensor(comm.chunk(up.scores), device=device))
             log_w = torch.log_softmax(comm.gather_with_grad(scores, batch), dim=0)
 
             meta = meta_gradient(

@@ -35,12 +35,15 @@ def load_raw_tasks(directories) -> list[RawTask]:
     return out
 
 
-def open_pool(patterns, uids: np.ndarray) -> PairIndex:
-    """Index the pool webdataset and check every pool uid is in it."""
+def open_pool(patterns, uids: np.ndarray | None) -> PairIndex:
+    """Index the pool webdataset and check every pool uid is in it (``uids`` None, a streamed pool: each
+    batch's uids are checked as it is read, by ``PairIndex.get``)."""
     if not patterns:
         raise FlytError("config key 'reference.pool_shards' is required for reference.kind openclip "
                         "(webdataset shards of the pool's raw image-caption pairs)")
     index = PairIndex(patterns)
+    if uids is None:
+        return index
     missing = np.flatnonzero(index.find(uids) < 0)
     if missing.size:
         raise FlytError(f"reference.pool_shards: pool uid {uids[missing[0]]} is not in the webdataset "

@@ -7,11 +7,16 @@ Layout: config.yaml, metrics.jsonl, checkpoints/latest.pt (+ step_XXXXXXX.pt kep
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from flyt.errors import FlytError
+from flyt.io.atomic import remove_leftovers
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "scorer.pt")
+LOCK_NAME = ".train.lock"  # held by the run writing the directory (flyt.io.atomic.exclusive_lock)
+# the temporaries of checkpoints/latest.pt and step_XXXXXXX.pt writes (flyt.io.atomic.atomic_path's names)
+_CHECKPOINT_TMP = re.compile(r"\.(latest|step_\d+)\.pt\.[^./]+\.tmp")
 
 
 def check_out(run_dir: Path) -> None:
@@ -59,3 +64,14 @@ def discard(run_dir: Path, created: Path | None, written: list[Path]) -> None:
             continue
         except OSError:
             break
+
+
+def remove_run_leftovers(run_dir: Path) -> int:
+    """Remove the hidden temporaries a killed run left half-written (``.latest.pt.*.tmp`` in checkpoints/,
+    ``.config.yaml.*.tmp``, ...); returns how many. Only while holding the run's lock (LOCK_NAME)."""
+    removed = sum(remove_leftovers(run_dir / name) for name in RUN_FILES)
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir():
+        names = {p.name[1:].split(".pt.", 1)[0] + ".pt" for p in checkpoints.glob(".*.tmp") if _CHECKPOINT_TMP.fullmatch(p.name)}
+        removed += sum(remove_leftovers(checkpoints / name) for name in sorted(names))
+    return removed
