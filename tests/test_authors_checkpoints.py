@@ -1,7 +1,7 @@
 """The authors' released FLYT / M-FLYT scoring models (issue 17): import, score a DataComp pool, compare.
 
 The checkpoints are built here in the authors' layout, transcribed (not copied) from
-github.com/formll/FLYT, flyt/factory.py (commit 50035b3):
+the authors' repository formll/FLYT, flyt/factory.py (commit 50035b3):
 
 - FLYT, ``ScoringModel``: the state dict holds the CLIP base under ``clip_model.*`` (registered first)
   and the head under ``glu_model.layers.<i>.{w1,w2,w3}.{weight,bias}`` (per layer in the order w1, w2,

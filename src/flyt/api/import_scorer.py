@@ -23,7 +23,7 @@ from flyt.models.checkpoint import save_scorer
 
 __all__ = ["ImportScorerConfig", "ImportScorerResult", "import_scorer"]
 
-REPOSITORY = "github.com/formll/FLYT (flyt/factory.py)"
+REPOSITORY = "the authors' repository formll/FLYT (flyt/factory.py)"
 FLYT_INPUTS = ("image and text embeddings of pair {pair} ({dim}-d each; DataComp npz {img}, {txt}), "
                "L2-normalised, concatenated image first")
 MFLYT_INPUTS = "raw (unstandardised) input scores, in the authors' order, plus the bias: as the authors scored"

@@ -7,8 +7,8 @@ import argparse
 HELP = "convert the paper authors' released flyt.pt / mflyt.pt into a scorer.pt for flyt score"
 
 DESCRIPTION = (
-    "Read a scoring model released with the FLYT paper (github.com/formll/FLYT; the files "
-    "scoring_models/flyt.pt and mflyt.pt of huggingface.co/formll/FLYT-models, or a training "
+    "Read a scoring model released with the FLYT paper (the authors' repository formll/FLYT; the files "
+    "scoring_models/flyt.pt and mflyt.pt of the authors' model repository formll/FLYT-models, or a training "
     "checkpoint scoring_epoch_N.pt: a bare state dict or one under 'state_dict') and write a flyt "
     "scorer.pt that 'flyt score' applies on a CPU. "
     "FLYT (keys glu_model.layers.<i>.w1|w2|w3.weight|bias and clip_model.*): the frozen CLIP base "

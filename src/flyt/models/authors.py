@@ -1,7 +1,7 @@
 """The authors' released FLYT and M-FLYT scoring models, read and converted to flyt's own modules.
 
 The layout below is transcribed (described, not copied) from the authors' repository
-github.com/formll/FLYT, commit 50035b3: ``flyt/factory.py`` (``GluFeedForwardLayer``,
+the authors' repository formll/FLYT, commit 50035b3: ``flyt/factory.py`` (``GluFeedForwardLayer``,
 ``GluFeedForwardModel``, ``ScoringModel``, ``MixingModel``, ``create_scoring_model``),
 ``open_clip/src/open_clip/model.py`` (``CLIP.forward``), ``flyt/data.py`` (``ParquetReader``),
 ``open_clip/src/open_clip_train/main.py`` (how checkpoints are saved) and ``examples.ipynb`` (how
