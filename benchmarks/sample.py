@@ -71,20 +71,50 @@ def _sources(rows: int, shard_rows: int, seed: int):
 
 def one_race(args) -> dict:
     """SCS with the clock race: select + write the subset."""
-    from flyt.sampling import SampleSpec, sample, score_sources, summarize, write_subset
+    from flyt.io.subsets import write_subset_chunks
+    from flyt.sampling import SampleSpec, sample, score_sources, summarize
 
     total = args.total or args.rows
     spec = SampleSpec("scs", total=total, penalty=args.penalty, seed=args.seed)
     sources = score_sources(args.parquet_dir, "score") if args.parquet_dir else _sources(args.rows, args.shard_rows, args.seed)
-    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp, PeakMemory() as mem:
-        t0 = time.perf_counter()
-        result = sample(spec, sources, workers=args.workers)
-        t1 = time.perf_counter()
-        out = Path(tmp) / "subset.npy"
-        write_subset(out, result.pairs, result.counts, summarize(spec, result))
-        t2 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        with PeakMemory() as mem:
+            t0 = time.perf_counter()
+            spill = Path(tmp) / "spill"
+            spill.mkdir()
+            result = sample(spec, sources, workers=args.workers, max_memory=args.max_memory, spill_dir=str(spill))
+            t1 = time.perf_counter()
+            out = Path(tmp) / "subset.npy"
+            summary = summarize(spec, result)
+            write_subset_chunks(out, result.chunks, result.total, summary)
+            t2 = time.perf_counter()
+        rows, ordered = verify_subset(out) if args.verify else (None, None)
     return {"select_s": t1 - t0, "write_s": t2 - t1, "total_s": t2 - t0, "peak_gb": mem.peak / 2**30,
-            "total": result.total, "unique": len(result.counts), "max_count": int(result.counts.max())}
+            "total": summary["total"], "unique": summary["unique"], "max_count": summary["max_count"],
+            "spilled": type(result).__name__ == "SpilledSelection", "verified_rows": rows, "verified_sorted": ordered}
+
+
+def verify_subset(path: Path, block: int = 1 << 24) -> tuple[int, bool]:
+    """(rows, sorted) of a subset .npy, read in blocks (no memory map: its pages would count as resident)."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        prev, ordered, rows = None, True, 0
+        while True:
+            a = np.fromfile(f, dtype=dtype, count=block)
+            if not len(a):
+                break
+            if prev is not None:
+                a_ = np.concatenate([prev, a])
+            else:
+                a_ = a
+            hi, lo = a_["f0"], a_["f1"]
+            ordered &= not bool(((hi[1:] < hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] < lo[:-1]))).any())
+            rows += len(a)
+            prev = a[-1:]
+    return (rows if rows == shape[0] else -rows), ordered
 
 
 def one_batched(args) -> dict:
@@ -135,7 +165,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100_000)
     p.add_argument("--batched-iters", type=int, default=3)
     p.add_argument("--parquet", action="store_true", help="also a run reading parquet shards (first --rows value)")
-    p.add_argument("--tmp", default=None, help="directory for temporary outputs")
+    p.add_argument("--tmp", default=None, help="directory for temporary outputs (and spilled runs)")
+    p.add_argument("--max-memory", type=int, default=None, help="bytes before the draw spills (default: flyt's 8 GiB)")
+    p.add_argument("--verify", action="store_true", help="check the written .npy is sorted with T rows")
+    p.add_argument("--no-batched", action="store_true", help="skip the authors' batched procedure")
     p.add_argument("--child", choices=["race", "batched"], help=argparse.SUPPRESS)
     p.add_argument("--parquet-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -149,12 +182,20 @@ def main() -> None:
         common += ["--total", str(args.total)]
     if args.tmp:
         common += ["--tmp", args.tmp]
+    if args.max_memory:
+        common += ["--max-memory", str(args.max_memory)]
+    if args.verify:
+        common += ["--verify"]
     print(f"# SCS delta={args.penalty}, T=rows, shards of {args.shard_rows}, workers={args.workers}, cpus={os.cpu_count()}")
     for rows in args.rows:
         race = _child("race", args, [str(rows)] + common)
         print(f"rows={rows:>11,} race: select {race['select_s']:.1f} s + write {race['write_s']:.1f} s = "
-              f"{race['total_s']:.1f} s, peak {race['peak_gb']:.2f} GB, unique {race['unique']:,}, max count {race['max_count']}",
+              f"{race['total_s']:.1f} s, peak {race['peak_gb']:.2f} GB, unique {race['unique']:,}, max count {race['max_count']}"
+              f"{', spilled' if race['spilled'] else ''}"
+              + (f", verified: {race['verified_rows']:,} rows, sorted {race['verified_sorted']}" if args.verify else ""),
               flush=True)
+        if args.no_batched:
+            continue
         bat = _child("batched", args, [str(rows)] + common)
         print(f"rows={rows:>11,} batched b={args.batch:,}: {bat['per_batch_s']:.2f} s/batch x {bat['batches']} batches "
               f"= {bat['extrapolated_s']:.0f} s extrapolated (peak {bat['peak_gb']:.2f} GB); "

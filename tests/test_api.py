@@ -54,7 +54,7 @@ def test_readme_flow_in_python_equals_the_cli(planted, tmp_path):
 
 def test_sample_in_memory_and_from_a_mapping(planted, tmp_path):
     flyt.score({"pool": planted["pool"], "out": tmp_path / "s", "scorers": ["clip_score"], "progress": False})
-    r = flyt.sample({"scores": tmp_path / "s", "column": "clip_score", "method": "topk"}, fraction=0.25)
+    r = flyt.sample({"scores": tmp_path / "s", "column": "clip_score", "method": "topk"}, fraction=0.25, fraction_rule="exact")
     assert r.out is None and r.total == 300 and np.all(r.counts == 1)
     assert not list(tmp_path.glob("*.npy"))
 

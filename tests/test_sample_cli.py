@@ -78,7 +78,7 @@ def test_subset_loads_as_datacomp_expects(tmp_path, pool):
 def test_topk_and_threshold_keep_once_and_report_repeats(tmp_path, pool):
     uids, scores = pool
     d = write_scores(tmp_path / "s", uids, scores, shards=2)
-    rc, out = _run(tmp_path, d, "--method", "topk", "--fraction", "0.3", "--budget", "9000", out="top.npy")
+    rc, out = _run(tmp_path, d, "--method", "topk", "--fraction", "0.3", "--fraction-rule", "exact", "--budget", "9000", out="top.npy")
     assert rc == 0
     arr = np.load(out)
     best = np.argsort(-scores.astype(np.float64), kind="stable")[:900]

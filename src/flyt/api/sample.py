@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import numpy as np
 from flyt.api._config import make_config
 from flyt.errors import FlytError
 from flyt.io.atomic import exclusive_lock, remove_leftovers
-from flyt.io.subsets import check_output_file, summary_path, write_subset
+from flyt.io.subsets import check_output_file, summary_path, write_subset_chunks
 from flyt.sampling.draw import sample as draw
 from flyt.sampling.draw import summarize
 from flyt.sampling.methods import SampleSpec
@@ -31,6 +34,7 @@ class SampleConfig:
     cap: int | None = None  # hcs: max copies per example (an extra cap for scs)
     fraction: float | None = None  # topk: keep the best fraction
     count: int | None = None  # topk: keep the best count
+    fraction_rule: str | None = None  # topk --fraction: datacomp (default, DataComp's baselines.py) or exact
     threshold: float | None = None  # threshold: keep score >= threshold
     temperature: float = 1.0  # scores are divided by it
     seed: int = 0
@@ -40,22 +44,32 @@ class SampleConfig:
     counts_parquet: str | Path | None = None  # also write a uid,count parquet
     engine: str = "local"
     workers: int = 1
+    max_memory: str | int | None = None  # bytes (or "8G", "512M") the draw may hold before spilling beside --out
+    part_rows: int | None = None  # write --out as a directory of sorted .npy parts of this many rows + manifest.json
 
     def spec(self) -> SampleSpec:
         return SampleSpec(
             method=self.method, total=self.total, penalty=self.penalty, cap=self.cap, temperature=self.temperature,
-            fraction=self.fraction, count=self.count, threshold=self.threshold, batch=self.batch,
+            fraction=self.fraction, fraction_rule=self.fraction_rule, count=self.count, threshold=self.threshold, batch=self.batch,
             budget=self.budget, seed=self.seed,
         )
 
     def validate(self) -> "SampleConfig":
         self.spec().validate()
+        parse_size(self.max_memory, "--max-memory")
         if self.column == "uid":
             raise FlytError("--column uid is the key column, not a score: name a numeric score column")
-        if self.out is not None and Path(self.out).suffix != ".npy":
+        if self.part_rows is not None:
+            if isinstance(self.part_rows, bool) or not isinstance(self.part_rows, int) or self.part_rows < 1:
+                raise FlytError(f"--part-rows must be a positive integer, got {self.part_rows!r}")
+            if self.out is None or Path(self.out).suffix in (".npy", ".json"):
+                raise FlytError(f"--part-rows needs --out naming a directory for the parts (not a .npy/.json file), got {self.out}")
+            check_output_file(Path(self.out) / "manifest.json", "--out")
+        elif self.out is not None and Path(self.out).suffix != ".npy":
             raise FlytError(f"--out must name a .npy file, got {self.out}")
-        if self.out is not None:
+        elif self.out is not None:
             check_output_file(self.out, "--out")
+        if self.out is not None:
             check_output_file(summary_path(self.out), "--out's summary")
         if self.counts_parquet is not None and self.out is None:
             raise FlytError("--counts-parquet needs --out")
@@ -64,6 +78,37 @@ class SampleConfig:
         if self.counts_parquet is not None:
             _check_counts_parquet(Path(self.counts_parquet), Path(self.out), Path(self.scores))
         return self
+
+
+def parse_size(value, flag: str) -> int | None:
+    """Bytes from an int or a string such as ``8G``, ``512M``, ``100k`` (powers of 1024); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise FlytError(f"{flag} must be a size such as 8G or 512M, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+        number = text[:-1] if scale > 1 else text
+        try:
+            size = int(float(number) * scale)
+        except ValueError:
+            raise FlytError(f"{flag} must be a size such as 8G or 512M, got {value!r}") from None
+    if size <= 0:
+        raise FlytError(f"{flag} must be positive, got {value!r}")
+    return size
+
+
+def _spill_dir(out: Path | None, held: contextlib.ExitStack) -> str:
+    """A temporary directory for spilled runs: beside ``out`` (same disk as the result), removed at the end
+    (and, named like an atomic write's temporary, by the next run of ``out`` if this one is killed)."""
+    parent = out.parent if out is not None and out.parent.is_dir() else Path(tempfile.gettempdir())
+    prefix = f".{out.name}." if out is not None and parent == out.parent else "flyt-sample-"
+    path = parent / f"{prefix}{uuid.uuid4().hex[:8]}.tmp"  # created only if the draw spills
+    held.callback(shutil.rmtree, path, ignore_errors=True)
+    return str(path)
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -130,8 +175,9 @@ def sample(config: SampleConfig | dict | None = None, **fields) -> SampleResult:
     with contextlib.ExitStack() as held:
         if out is not None:
             _take_over(out, cfg.counts_parquet, held)
-        selection = draw(spec, score_sources(cfg.scores, cfg.column), engine=cfg.engine, workers=cfg.workers)
+        selection = draw(spec, score_sources(cfg.scores, cfg.column), engine=cfg.engine, workers=cfg.workers,
+                         max_memory=parse_size(cfg.max_memory, "--max-memory"), spill_dir=_spill_dir(out, held))
         summary = summarize(spec, selection, column=cfg.column, scores=str(cfg.scores))
         if out is not None:
-            write_subset(out, selection.pairs, selection.counts, summary, cfg.counts_parquet)
+            write_subset_chunks(out, selection.chunks, selection.total, summary, cfg.counts_parquet, cfg.part_rows)
     return SampleResult(selection.pairs, selection.counts, summary, out)

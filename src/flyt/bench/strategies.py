@@ -133,7 +133,7 @@ class TopFraction(Strategy):
     kind: ClassVar[str] = "topk"
 
     def draw(self, value, context: DrawContext) -> Subset:
-        return _sample(SampleSpec("topk", fraction=value, budget=context.budget), self.column, context)
+        return _sample(SampleSpec("topk", fraction=value, fraction_rule="exact", budget=context.budget), self.column, context)
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,14 @@ class ParquetScores:
         except Exception as exc:
             raise FlytError(f"{self.path}: unreadable parquet shard ({type(exc).__name__}: {exc})") from None
 
+    def score_dtype(self) -> np.dtype:
+        """The column's stored dtype (a threshold compares in it, as DataComp does); float64 if not numeric."""
+        schema = read_schema(self.path)
+        if self.column not in schema.names:
+            raise FlytError(f"{self.path}: missing column '{self.column}' (have: {', '.join(schema.names)})")
+        kind = schema.field(self.column).type
+        return np.dtype(kind.to_pandas_dtype()) if pa.types.is_floating(kind) else np.dtype(np.float64)
+
     def load(self, stride: int = 1):
         table = read_table(self.path, ["uid", self.column])
         scores = float_column(table, self.column, self.path)

@@ -10,6 +10,11 @@ from flyt.errors import FlytError
 from flyt.sampling.clocks import MAX_PENALTY, RaceClock, RankClock
 
 METHODS = ("scs", "hcs", "topk", "threshold")
+# --fraction F of N rows. datacomp (default): DataComp's baselines.py rule: n = int(N * F) (a float64
+# product, truncated), t = the (n+1)-th best score (ties counted), keep every row with score >= t:
+# n + 1 rows or more (all N rows when n = N). exact: the n best rows (at least 1), ties at the cut to
+# the smaller uid.
+FRACTION_RULES = ("datacomp", "exact")
 SEED_LIMIT = 1 << 64  # seeds are mixed as 64-bit words: a larger one would silently equal a smaller one
 _INTS = ("total", "cap", "count", "batch", "budget", "seed")
 _REALS = ("penalty", "fraction", "threshold")
@@ -25,6 +30,7 @@ class SampleSpec:
     cap: int | None = None  # hcs: K (optional extra cap for scs)
     temperature: float = 1.0
     fraction: float | None = None  # topk
+    fraction_rule: str | None = None  # topk --fraction: datacomp (default) or exact (see FRACTION_RULES)
     count: int | None = None  # topk
     threshold: float | None = None  # threshold
     batch: int | None = None  # scs/hcs: the authors' batched procedure (in memory)
@@ -36,6 +42,10 @@ class SampleSpec:
         if m not in METHODS:
             raise FlytError(f"--method must be one of {', '.join(METHODS)}, got {m!r}")
         self._check_types()
+        if self.fraction_rule is not None and (not isinstance(self.fraction_rule, str) or self.fraction_rule not in FRACTION_RULES):
+            raise FlytError(f"--fraction-rule must be one of {', '.join(FRACTION_RULES)}, got {self.fraction_rule!r}")
+        if self.fraction_rule is not None and m != "topk":
+            raise FlytError(f"--fraction-rule applies to --method topk, not {m}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise FlytError(f"--temperature must be positive, got {self.temperature}")
         if not 0 <= self.seed < SEED_LIMIT:
@@ -72,6 +82,8 @@ class SampleSpec:
                 raise FlytError(f"--fraction must be in (0, 1], got {self.fraction}")
             if self.count is not None and self.count < 1:
                 raise FlytError(f"--count must be a positive integer, got {self.count}")
+            if self.fraction is None and self.fraction_rule is not None:
+                raise FlytError("--fraction-rule applies to --fraction, not --count")
             self._forbid("penalty", "cap", "threshold")
         if m == "threshold":
             if self.threshold is None or not math.isfinite(self.threshold):
@@ -105,4 +117,11 @@ class SampleSpec:
     def parameters(self) -> dict:
         """The options that shaped the result (for the summary)."""
         skip = {"method", "seed"} | ({"temperature"} if self.method in ("topk", "threshold") else set())
-        return {k: v for k, v in asdict(self).items() if k not in skip and v is not None}
+        out = {k: v for k, v in asdict(self).items() if k not in skip and v is not None}
+        if self.method == "topk" and self.fraction is not None:
+            out["fraction_rule"] = self.rule()
+        return out
+
+    def rule(self) -> str:
+        """The --fraction rule in force (DataComp's unless asked otherwise)."""
+        return self.fraction_rule or "datacomp"

@@ -14,28 +14,38 @@
 Each example's firings depend on its uid, score and the seed alone, and the global steps only
 sort, count and select, so the result is the same for any sharding, file order, number of
 workers, engine, or bracket (the bracket only decides how much is listed in step 3).
-Memory: the driver holds the result, 8 bytes per pool row of fingerprints (duplicate check)
-and the listed firings (a few % of T).
+Memory: in memory, the driver holds the result, 8 bytes per pool row of fingerprints (duplicate
+check) and the listed firings (a few % of T). When that estimate (``in_memory_bytes``) exceeds
+``max_memory`` and a spill directory is given, step 3 writes each shard's selected rows as a sorted
+run (and its fingerprints) to disk, and steps 4-5 run on the files (flyt.sampling.external): the
+driver then holds the listed firings and bounded blocks, and the result comes back as memory-mapped
+files (SpilledSelection), byte-identical to the in-memory one.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from flyt.errors import FlytError
+from flyt.io.uids import UID_DTYPE
+from flyt.sampling import external
+from flyt.sampling.order import uid_order
 from flyt.sampling.randomness import checksum, combine_checksums, fingerprint
 
 SUBSAMPLE_ROWS = 1 << 18  # examples the level search looks at; bounds driver memory and time
 BLOCK_ROWS = 1 << 16  # rows processed at once inside a shard, so temporaries stay in cache
 FP_BUCKETS = 16  # the duplicate check sorts fingerprints bucket by bucket (by their top bits)
 MAX_ATTEMPTS = 6
+DEFAULT_MAX_MEMORY = 8 << 30  # bytes the driver may hold before the draw spills to disk
 # The race runs one vectorised round per firing index, so draws far beyond the pool's size cost
 # rounds, not rows: refuse totals no subset needs rather than run for days.
 MAX_DRAWS_PER_ROW = 1024
@@ -54,6 +64,52 @@ class Selection:
     @property
     def total(self) -> int:
         return int(self.counts.sum())
+
+    @property
+    def unique(self) -> int:
+        return len(self.counts)
+
+    def histogram(self) -> np.ndarray:
+        """How many uids are drawn c times, indexed by c."""
+        return np.bincount(self.counts) if len(self.counts) else np.zeros(1, np.int64)
+
+    def chunks(self, rows: int = 1 << 22):
+        """(pairs, counts) in uid order, ``rows`` unique uids at a time."""
+        for i in range(0, len(self.counts), rows):
+            yield self.pairs[i : i + rows], self.counts[i : i + rows]
+
+
+class SpilledSelection(Selection):
+    """A draw merged on disk (flyt.sampling.external): ``pairs`` and ``counts`` are read-only memory
+    maps of the merged files; ``chunks`` reads them block by block, so writing never holds them."""
+
+    def __init__(self, directory: str, stats: dict, pool_rows: int, checksum: int, level: float):
+        self.directory = directory
+        self.stats = stats
+        n = stats["unique"]
+        pairs = _map(Path(directory) / external.MERGED_PAIRS, UID_DTYPE, n)
+        counts = _map(Path(directory) / external.MERGED_COUNTS, external.RUN_COUNT_DTYPE, n)
+        super().__init__(pairs, counts, pool_rows, checksum, level)
+
+    @property
+    def total(self) -> int:
+        return int(self.stats["total"])
+
+    def histogram(self) -> np.ndarray:
+        return self.stats["histogram"]
+
+    def chunks(self, rows: int = 1 << 22):
+        n = self.stats["unique"]
+        pairs_path = Path(self.directory) / external.MERGED_PAIRS
+        counts_path = Path(self.directory) / external.MERGED_COUNTS
+        for i in range(0, n, rows):
+            m = min(rows, n - i)
+            yield (np.fromfile(pairs_path, dtype=UID_DTYPE, count=m, offset=16 * i),
+                   np.fromfile(counts_path, dtype=external.RUN_COUNT_DTYPE, count=m, offset=4 * i).astype(np.int64))
+
+
+def _map(path, dtype, n):
+    return np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
 
 
 # --------------------------------------------------------------------------- per-shard steps
@@ -83,6 +139,10 @@ class _ShardPart:
     between_i: np.ndarray  # index into pairs
     n_lo: int = 0
     n_hi: int = 0
+    run_path: str | None = None  # spilled: pairs/count_lo sorted by uid in this file (between_i follows)
+    n_sel: int = 0
+    fp_path: str | None = None  # spilled: the shard's sorted fingerprints
+    fp_edges: np.ndarray | None = None  # spilled: where each of external.FP_RANGES value ranges starts there
 
 
 @dataclass(frozen=True)
@@ -92,6 +152,8 @@ class _Collect:
     clock: object
     tau_lo: float
     tau_hi: float
+    spill_dir: str | None = None  # write the selected rows (and fingerprints) there as a sorted run
+    spill_fingerprints: bool = True
 
     def __call__(self, source) -> _ShardPart:
         pairs, scores = source.load()
@@ -116,6 +178,8 @@ class _Collect:
             bis.append(position[scan.between_i])
             n_sel += len(sel)
         fp = np.sort(np.concatenate(fps)) if fps else np.zeros(0, np.uint64)
+        if self.spill_dir is not None:
+            return self._spill(pairs, sums, fp, sel_pairs, sel_counts, bts, bis, n_lo, n_hi)
         edges = np.searchsorted(fp, _bucket_edges(), side="left")
         return _ShardPart(
             rows=len(pairs),
@@ -127,6 +191,20 @@ class _Collect:
             between_i=_cat(bis, np.int64),
             n_lo=n_lo,
             n_hi=n_hi,
+        )
+
+
+    def _spill(self, pairs, sums, fp, sel_pairs, sel_counts, bts, bis, n_lo, n_hi) -> _ShardPart:
+        sel = _cat(sel_pairs, pairs.dtype)
+        order = uid_order(sel)
+        rank = np.empty(len(sel), dtype=np.int64)
+        rank[order] = np.arange(len(sel))
+        run = external.write_run(self.spill_dir, sel[order], _cat(sel_counts, np.uint32)[order])
+        fp_path, fp_edges = external.write_fingerprints(self.spill_dir, fp) if self.spill_fingerprints else (None, None)
+        return _ShardPart(
+            rows=len(pairs), checksum=combine_checksums(sums), fp_buckets=None, pairs=None, count_lo=None,
+            between_t=_cat(bts, np.float64), between_i=rank[_cat(bis, np.int64)], n_lo=n_lo, n_hi=n_hi,
+            run_path=run, n_sel=len(sel), fp_path=fp_path, fp_edges=fp_edges,
         )
 
 
@@ -157,44 +235,23 @@ def _bucket_edges() -> np.ndarray:
     return np.array([k * width for k in range(1, FP_BUCKETS)], dtype=np.uint64)
 
 
-def uid_order(pairs: np.ndarray) -> np.ndarray:
-    """Indices that sort uid pairs by (high, low) word.
-
-    Sorts one uint64 per row, the high word's top bits with the row index packed below them
-    (a plain value sort is many times faster than argsort at this scale), then fixes the rare
-    groups whose packed prefixes tie.
-    """
-    n = len(pairs)
-    if n < 2:
-        return np.arange(n, dtype=np.int64)
-    bits = np.uint64(int(n - 1).bit_length())
-    packed = (pairs["f0"] >> bits) << bits
-    packed |= np.arange(n, dtype=np.uint64)
-    packed.sort()
-    prefix = packed >> bits
-    order = (packed & np.uint64((1 << int(bits)) - 1)).astype(np.int64)
-    del packed
-    tie = prefix[1:] == prefix[:-1]
-    if tie.any():
-        member = np.zeros(n, dtype=bool)
-        member[1:] |= tie
-        member[:-1] |= tie
-        group = np.cumsum(np.concatenate([[True], ~tie]))
-        pos = np.flatnonzero(member)
-        rows = order[pos]
-        order[pos] = rows[np.lexsort((pairs["f1"][rows], pairs["f0"][rows], group[pos]))]
-    return order
-
-
-def _check_duplicates(parts, sources, run, threads: int) -> None:
+def _check_duplicates(parts, sources, run, threads: int, max_memory: int | None = None) -> None:
     """Every uid at most once in the whole pool: sort fingerprints bucket by bucket."""
 
     def repeated(b):
         fp = np.sort(np.concatenate([p.fp_buckets[b] for p in parts]))
         return fp[1:][fp[1:] == fp[:-1]]
 
-    with ThreadPoolExecutor(max(1, threads)) as pool:  # numpy sorts release the GIL
-        same = np.concatenate(list(pool.map(repeated, range(FP_BUCKETS))))
+    if parts and parts[0].fp_path is not None:  # spilled: read the files one fingerprint range at a time
+        paths = [p.fp_path for p in parts]
+        same = external.repeated_fingerprints(paths, [p.fp_edges for p in parts], sum(p.rows for p in parts),
+                                              max_memory or DEFAULT_MAX_MEMORY, threads)
+        external.remove(paths)
+        for p in parts:
+            p.fp_path = p.fp_edges = None
+    else:
+        with ThreadPoolExecutor(max(1, threads)) as pool:  # numpy sorts release the GIL
+            same = np.concatenate(list(pool.map(repeated, range(FP_BUCKETS))))
     for p in parts:
         p.fp_buckets = None
     if not same.size:
@@ -281,10 +338,16 @@ def select(
     level: float | None = None,
     map_shards: Callable | None = None,
     workers: int = 1,
+    max_memory: int | None = None,
+    spill_dir: str | None = None,
 ) -> Selection:
     """Draw the ``total`` earliest firings of ``clock`` over all sources (or, with ``level``,
     every firing at log-time <= level). ``map_shards(fn, items, workers)`` runs the per-shard
-    steps (flyt.engines.local or flyt.engines.ray)."""
+    steps (flyt.engines.local or flyt.engines.ray).
+
+    With ``spill_dir``, a draw whose in-memory estimate (``in_memory_bytes``) exceeds ``max_memory``
+    (default DEFAULT_MAX_MEMORY) goes out of core (flyt.sampling.external) and returns a
+    SpilledSelection whose files live in ``spill_dir``; the result is the same either way."""
     if map_shards is None:
         from flyt.engines.local import map_shards
 
@@ -300,10 +363,15 @@ def select(
     n_rows = sum(s.num_rows() for s in sources)
     if n_rows == 0:
         raise FlytError(f"the score shards ({sources[0].where}, ...) have no rows (empty pool)")
+    budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
+    spill = None
+    if spill_dir is not None and in_memory_bytes(n_rows, total) > budget:
+        spill = str(spill_dir)
+        os.makedirs(spill, exist_ok=True)  # only a draw that spills leaves a directory to clean
     if level is not None:
-        parts = list(run(_Collect(clock, level, level), sources))
-        _check_duplicates(parts, sources, run, workers)
-        return _combine(parts, sum(p.n_lo for p in parts), level)
+        parts = list(run(_Collect(clock, level, level, spill), sources))
+        _check_duplicates(parts, sources, run, workers, budget)
+        return _finish(parts, sum(p.n_lo for p in parts), level, spill, budget)
     check_total(total, n_rows)
     capacity = clock.capacity(n_rows)
     if total > capacity:
@@ -319,13 +387,14 @@ def select(
         tau_lo, tau_hi = _bracket(clock, sub_a, sub_keys, 1.0 / stride, total, widen)
         if attempt == MAX_ATTEMPTS - 1:
             tau_lo = -math.inf
-        parts = list(run(_Collect(clock, tau_lo, tau_hi), sources))
+        parts = list(run(_Collect(clock, tau_lo, tau_hi, spill, not checked), sources))
         if not checked:
-            _check_duplicates(parts, sources, run, workers)
+            _check_duplicates(parts, sources, run, workers, budget)
             checked = True
         n_lo, n_hi = sum(p.n_lo for p in parts), sum(p.n_hi for p in parts)
         if n_lo <= total <= n_hi:
-            return _combine(parts, total, math.nan)
+            return _finish(parts, total, math.nan, spill, budget)
+        external.remove(p.run_path for p in parts)
         del parts
         widen *= 4.0
     raise FlytError(f"could not bracket the level for --total {total} (last counts {n_lo}..{n_hi})")
@@ -336,6 +405,44 @@ def check_total(total: int, n_rows: int) -> None:
     if total > MAX_DRAWS_PER_ROW * n_rows:
         raise FlytError(f"--total {total} is more than {MAX_DRAWS_PER_ROW} draws per pool row ({n_rows} rows); "
                         f"no subset repeats examples that often")
+
+
+def in_memory_bytes(n_rows: int, total: int | None) -> int:
+    """What the in-memory path holds at most, about: 8 B per pool row of fingerprints, and per
+    drawn unique uid its pair, count and sort keys (~32 B; at most min(total, rows) of them)."""
+    drawn = n_rows if total is None else min(int(total), n_rows)
+    return 8 * n_rows + 32 * drawn
+
+
+def _finish(parts, total: int, level: float, spill: str | None, max_memory: int) -> Selection:
+    return _combine(parts, total, level) if spill is None else _combine_spilled(parts, total, level, spill, max_memory)
+
+
+def _combine_spilled(parts, total: int, level: float, spill: str, max_memory: int) -> Selection:
+    """``_combine`` on spilled runs: the same choice of listed firings, then a streaming merge."""
+    pool_rows = sum(p.rows for p in parts)
+    digest = combine_checksums(p.checksum for p in parts)
+    n_lo = sum(p.n_lo for p in parts)
+    paths = [p.run_path for p in parts]
+    rows = np.array([p.n_sel for p in parts], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(rows)])
+    between_t = _cat([p.between_t for p in parts], np.float64)
+    between_i = _cat([p.between_i + off for p, off in zip(parts, offsets)], np.int64)
+    parts.clear()
+    add = np.zeros(0, np.int64)
+    need = total - n_lo
+    if need > 0:
+        level = float(np.partition(between_t, need - 1)[need - 1])
+        earlier = between_t < level
+        tied = between_i[between_t == level]
+        tp = external.pairs_at(paths, rows, offsets, tied)
+        tied = tied[np.lexsort((tp["f1"], tp["f0"]))][: need - int(earlier.sum())]
+        add = np.sort(np.concatenate([between_i[earlier], tied]))
+    del between_t, between_i
+    cut = np.searchsorted(add, offsets)
+    extras = [add[cut[r] : cut[r + 1]] - offsets[r] for r in range(len(paths))]
+    stats = external.merge_runs(paths, rows, extras, spill, max_memory)
+    return SpilledSelection(spill, stats, pool_rows, digest, level)
 
 
 def _combine(parts, total: int, level: float) -> Selection:
