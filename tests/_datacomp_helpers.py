@@ -108,3 +108,21 @@ def write_counts_subset(path, uids, counts) -> Path:
     keep = counts[order] > 0
     write_subset(path, pairs[order][keep], counts[order][keep], {"generated": True})
     return Path(path)
+
+
+def read_members(tars) -> dict[str, dict[str, bytes]]:
+    """uid -> {extension: bytes} of every sample in the given tars (what a reshard must reproduce)."""
+    import json
+
+    from flyt.io.tars import scan_tar
+
+    found = {}
+    for tar in tars:
+        with open(tar, "rb") as f:
+            for s in scan_tar(tar):
+                members = {}
+                for e, o, z in zip(s.exts, s.offsets, s.sizes):
+                    f.seek(o)
+                    members[e] = f.read(z)
+                found[json.loads(members["json"])["uid"]] = members
+    return found

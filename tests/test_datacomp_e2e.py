@@ -18,10 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from _datacomp_helpers import make_datacomp_dir
+from _datacomp_helpers import make_datacomp_dir, read_members
 from flyt.cli.main import main
 from flyt.io.subsets import read_subset
-from flyt.io.tars import scan_tar
 from flyt.io.tasks import write_task
 from flyt.io.uids import pairs_to_uids
 from flyt.io.webdataset import iter_samples
@@ -71,16 +70,7 @@ def tree_bytes(out):
 
 
 def originals(dc) -> dict[str, dict[str, bytes]]:
-    found = {}
-    for tar in dc.tars:
-        with open(tar, "rb") as f:
-            for s in scan_tar(tar):
-                members = {}
-                for e, o, z in zip(s.exts, s.offsets, s.sizes):
-                    f.seek(o)
-                    members[e] = f.read(z)
-                found[json.loads(members["json"])["uid"]] = members
-    return found
+    return read_members(dc.tars)
 
 
 def test_training_streamed_the_metadata(flow):

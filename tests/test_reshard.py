@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import flyt
-from _datacomp_helpers import make_datacomp_dir, write_counts_subset
+from _datacomp_helpers import make_datacomp_dir, read_members, write_counts_subset
 from flyt.errors import FlytError
 from flyt.io.tars import scan_tar
 from flyt.io.uids import random_uids
@@ -42,15 +42,7 @@ def pool(tmp_path_factory):
     present = set(dc.in_tars.tolist())
     want = collections.Counter({u: int(c) for u, c in zip(uids.tolist(), counts.tolist()) if c > 0 and u in present})
     missing = {u for u, c in zip(uids.tolist(), counts.tolist()) if c > 0 and u not in present}
-    originals = {}
-    for tar in dc.tars:
-        with open(tar, "rb") as f:
-            for s in scan_tar(tar):
-                members = {}
-                for e, o, z in zip(s.exts, s.offsets, s.sizes):
-                    f.seek(o)
-                    members[e] = f.read(z)
-                originals[json.loads(members["json"])["uid"]] = members
+    originals = read_members(dc.tars)
     return dict(dc=dc, subset=subset, want=want, missing=missing, originals=originals, pattern=str(dc.shards / "{00000000..00000003}.tar"))
 
 

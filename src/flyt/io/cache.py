@@ -33,3 +33,12 @@ def _json_part(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"cache_key: cannot hash a {type(value).__name__}")
+
+
+def file_sha256(path) -> str:
+    """The sha256 of a file's bytes, read in 8 MiB blocks (identities of subsets, scorer and probe files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 23), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -66,6 +66,7 @@ import numpy as np
 
 from flyt.errors import FlytError
 from flyt.io.atomic import atomic_path, save_npy, write_json
+from flyt.io.cache import file_sha256
 from flyt.io.subsets import read_subset
 from flyt.io.tars import TarWriter, read_at, sample_uids, scan_tar, stale_temporaries
 from flyt.io.uids import UID_DTYPE, pairs_to_uids
@@ -131,14 +132,6 @@ def copy_records(pairs: np.ndarray, counts: np.ndarray, samples: np.ndarray, see
 
 
 # ----------------------------------------------------------------------------- identity
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 23), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class Identity:
     """What makes two reshards the same: the subset's bytes, the seed and N."""

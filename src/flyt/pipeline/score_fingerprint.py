@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from flyt.io.cache import file_sha256
 from flyt.io.parquet import list_shards
 from flyt.io.pool import PoolShard
 from flyt.scorers.base import Scorer
@@ -54,14 +55,6 @@ SAMPLES_POOL = {"negclip_loss", "classifier", "image_based"}
 
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _file_digest(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _parquet_footer(path) -> str | None:
@@ -126,7 +119,7 @@ def _model_digest(scorer: Scorer) -> str:
     """A trained scorer's content: kind, name, model config and weights (``scorer.pt`` less its training record)."""
     loaded = getattr(scorer, "loaded", None)
     if loaded is None or not hasattr(loaded.model, "config"):
-        return _file_digest(scorer.path)
+        return file_sha256(scorer.path)
     h = hashlib.sha256(json.dumps([loaded.kind, loaded.name, loaded.model.config()], sort_keys=True, default=str).encode())
     for key, value in sorted(loaded.model.state_dict().items()):
         t = value.detach().cpu().contiguous()
@@ -156,7 +149,7 @@ def column_settings(
             read = OPTIONS_READ[spec] if known else tuple(asdict(options))
             settings: dict = {"scorer": spec, "options": {k: getattr(options, k) for k in read}}
             if spec == "classifier" and options.classifier:
-                settings = {"scorer": spec, "probe": _file_digest(options.classifier)}  # no fit: the probe is all
+                settings = {"scorer": spec, "probe": file_sha256(options.classifier)}  # no fit: the probe is all
             else:
                 if spec in SAMPLES_POOL or not known:
                     if pool_digest is None:
