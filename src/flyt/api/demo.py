@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flyt.api._config import make_config
 from flyt.errors import FlytError, MissingDependency
+from flyt.io.atomic import check_writable_dir
 from flyt.io.cache import cache_dir
 from flyt.pipeline.demo import DemoConfig, run_demo
 
@@ -55,17 +56,6 @@ def check_bench_extra(modules=BENCH_MODULES) -> None:
                             "pip install 'flyt-clip[bench]' and its system libraries") from None
 
 
-def _check_directory(path: Path, flag: str) -> None:
-    """``path`` is, or can become, a directory: it and every parent that exists are directories."""
-    for p in [path, *path.parents]:
-        if p.exists():
-            if not p.is_dir():
-                raise FlytError(f"{flag} {path}: {p} is not a directory")
-            if not os.access(p, os.W_OK | os.X_OK):
-                raise FlytError(f"{flag} {path}: directory {p} is not writable")
-            return
-
-
 @dataclass
 class DemoResult:
     """Where the demo wrote its files, and the results data (what results.json holds)."""
@@ -96,8 +86,8 @@ def demo(config: DemoConfig | dict | None = None, *, printer=print, **fields) ->
     if config is None:
         fields.setdefault("out", "flyt-demo")  # the CLI's default
     cfg = make_config(DemoConfig, config, fields, "flyt.demo")
-    _check_directory(Path(cfg.out), "--out")
+    check_writable_dir(Path(cfg.out), "--out")
     if cfg.bench_dir is None:  # the benchmark is built (or found) in the cache
-        _check_directory(cache_dir(cfg.cache), "--cache")
+        check_writable_dir(cache_dir(cfg.cache), "--cache")
     check_bench_extra(BENCH_MODULES if cfg.bench_dir is None else REPORT_MODULES)
     return DemoResult(Path(cfg.out), run_demo(cfg, printer=printer))

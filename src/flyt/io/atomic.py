@@ -57,6 +57,20 @@ def check_parent(path: str | os.PathLike) -> None:
             return
 
 
+def check_writable_dir(path: str | os.PathLike, flag: str, shown=None) -> None:
+    """Bad input, one line naming ``flag``: ``path`` is not, and cannot become, a writable directory
+    (its nearest existing ancestor, itself included, is a file or not writable)."""
+    path = Path(path)
+    shown = path if shown is None else shown
+    for p in [path, *path.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise FlytError(f"{flag} {shown}: {p} is not a directory")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise FlytError(f"{flag} {shown}: directory {p} is not writable")
+            return
+
+
 def _prepare_dir(path: Path) -> None:
     check_parent(path)
     path.parent.mkdir(parents=True, exist_ok=True)

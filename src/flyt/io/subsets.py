@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -25,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flyt.errors import FlytError
-from flyt.io.atomic import atomic_dir, atomic_path
+from flyt.io.atomic import atomic_dir, atomic_path, check_writable_dir
 from flyt.io.uids import UID_DTYPE, pairs_to_uids
 
 CHUNK_ROWS = 1 << 22  # unique uids expanded per write, so the subset is never held twice
@@ -43,13 +42,7 @@ def check_output_file(path, flag: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise FlytError(f"{flag} {path} is a directory")
-    for above in path.parents:
-        if above.exists():
-            if not above.is_dir():
-                raise FlytError(f"{flag} {path}: {above} is not a directory")
-            if not os.access(above, os.W_OK | os.X_OK):
-                raise FlytError(f"{flag} {path}: directory {above} is not writable")
-            return
+    check_writable_dir(path.parent, flag, shown=path)
 
 
 def write_subset(out, pairs: np.ndarray, counts: np.ndarray, summary: dict, counts_parquet=None) -> None:
