@@ -4,8 +4,14 @@ The benchmark is built by the real builder (flyt.bench.build) from generated "re
 coloured shapes with captions in each pool source's style (so the natural-noise rules fire:
 translations, boilerplate titles, file names), plus the four task sets. A deterministic fake encoder
 stands in for the frozen towers. The demo then runs unchanged on it with CI-sized settings.
+
+The held-out sets are generated too (write_tiny_heldout), in the rendered layout flyt.bench.heldout
+reads: a few flags, chess pieces, icons and animals, each class drawn in its own colour and shape.
+The memoised run records every task file the task reader opens and every student evaluation, in order
+with the log lines (``EVENTS``), so a test can check when the held-out tasks were first read.
 """
 
+import contextlib
 import io
 
 import numpy as np
@@ -15,6 +21,7 @@ from PIL import Image, ImageDraw
 from _encoders_helpers import FakeEncoder
 from flyt.bench import assets
 from flyt.bench.build import build_benchmark
+from flyt.bench.heldout import ANIMAL_SETS, ANIMALS, ICON_CATEGORIES
 from flyt.bench.pool import PoolConfig
 from flyt.bench.student import StudentConfig
 from flyt.bench.tasks import OPENMOJI_GROUPS
@@ -96,8 +103,41 @@ def write_tiny_assets(cache, per_source: int = POOL_PER_SOURCE) -> None:
     _write_rendered(cache, "digits", [
         {"key": str(i), "image": shape_png(names[i % 6], SHAPES[i % 4], jitter=i // 10), "text": str(i % 10),
          "group": str(i % 10)} for i in range(40)])
-    for step in [f"deb:{p}" for p in assets.DEBS] + ["npm"] + [assets.render_step(s) for s in assets.SOURCES]:
+    _write_rendered(cache, "general_emoji", [  # the general task: each class drawn once per style
+        {"key": f"{style}/emoji-{c}", "image": shape_png(names[c % 6], SHAPES[c % 4], jitter=v), "text": f"emoji {c}",
+         "group": f"emoji {c}", "subgroup": style} for c in range(12) for v, style in enumerate(("one", "two"))])
+    write_tiny_heldout(cache)
+    for step in [f"deb:{p}" for p in assets.DEBS] + list(assets.NPM_SETS) + [assets.render_step(s) for s in assets.SOURCES]:
         write_json({"seconds": 0.0}, assets._marker(cache, step))
+
+
+# A few places, one of them flying another's flag (Réunion: the French tricolour), which the task drops.
+TINY_FLAGS = {"fr": "France", "jp": "Japan", "br": "Brazil", "ca": "Canada", "re": "Réunion"}
+TINY_ANIMALS = ["cat", "dog", "fish", "horse"]
+
+
+def write_tiny_heldout(cache) -> None:
+    """Rendered tables of the held-out sources (flyt.bench.assets.HELDOUT_SOURCES), CI-sized."""
+    names, picture = list(COLOURS), lambda c, k: shape_png(names[c % len(names)], SHAPES[c % len(SHAPES)], jitter=k)
+    _write_rendered(cache, "flags", [
+        {"key": f"{variant}/{code}", "image": picture(c, v), "text": f"flag: {place}", "group": place,
+         "subgroup": variant}
+        for c, (code, place) in enumerate(TINY_FLAGS.items()) for v, variant in enumerate(("4x3", "circle"))])
+    _write_rendered(cache, "chess", [
+        {"key": f"{style}/{colour[0]}{k}", "image": picture(c, s), "text": f"{colour} {piece}", "group": piece,
+         "subgroup": style}
+        for s, style in enumerate(("svg/alpha", "ttf/merida")) for colour in ("white", "black")
+        for c, (k, piece) in enumerate(assets.CHESS_PIECES.items())])
+    categories = list(ICON_CATEGORIES)[:3] + ["Logos"]  # brand logos are not a class
+    _write_rendered(cache, "remix_icons", [
+        {"key": f"icon-{c}-{i}-line", "image": picture(c, i), "text": f"icon {i}", "group": category}
+        for c, category in enumerate(categories) for i in range(6)])
+    rows = [{"key": f"{package}/{ANIMALS[a][p][0]}", "image": picture(c, p), "text": a, "group": ANIMALS[a][p][0],
+             "subgroup": package}
+            for c, a in enumerate(TINY_ANIMALS) for p, package in enumerate(ANIMAL_SETS)]
+    rows.append({"key": "fxemoji/rainbow", "image": picture(5, 0), "text": "rainbow", "group": "rainbow",
+                 "subgroup": "fxemoji"})  # nature, but not an animal
+    _write_rendered(cache, "animal_emoji", rows)
 
 
 def tiny_config(out, bench_dir) -> DemoConfig:
@@ -119,6 +159,31 @@ def build_tiny_bench(root):
 
 
 _RUN = {}
+EVENTS: list = []  # ("log", line) / ("read", path) / ("evaluate", split, task names) of the memoised run
+
+
+@contextlib.contextmanager
+def recording(events: list):
+    """Record, in order, every file the task reader (flyt.io.tasks) reads and every student evaluation
+    (split and task names) into ``events``."""
+    import flyt.io.tasks
+    from flyt.bench.runs import StudentRuns
+
+    read, evaluate = flyt.io.tasks.read_table, StudentRuns.evaluate
+
+    def recorded_read(path, *args, **kwargs):
+        events.append(("read", str(path)))
+        return read(path, *args, **kwargs)
+
+    def recorded_evaluate(self, runs, tasks, split, *args, **kwargs):
+        events.append(("evaluate", split, [t.name for t in tasks]))
+        return evaluate(self, runs, tasks, split, *args, **kwargs)
+
+    flyt.io.tasks.read_table, StudentRuns.evaluate = recorded_read, recorded_evaluate
+    try:
+        yield events
+    finally:
+        flyt.io.tasks.read_table, StudentRuns.evaluate = read, evaluate
 
 
 def tiny_demo_run(tmp_path_factory):
@@ -133,6 +198,12 @@ def tiny_demo_run(tmp_path_factory):
         bench = build_tiny_bench(root)
         out = root / "demo"
         lines = []
-        summary = run_demo(tiny_config(out, bench), printer=lines.append)
+
+        def printer(line):
+            lines.append(line)
+            EVENTS.append(("log", line))
+
+        with recording(EVENTS):
+            summary = run_demo(tiny_config(out, bench), printer=printer)
         _RUN["run"] = (bench, out, summary, lines)
     return _RUN["run"]

@@ -18,6 +18,7 @@ PACKAGE = SRC / "flyt"
 # Bottom to top. The package face (flyt/__init__.py) re-exports the api lazily and is exempt.
 LAYERS = [
     "errors",
+    "progress",
     "io",
     "engines",
     "sampling",

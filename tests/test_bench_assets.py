@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from _demo_helpers import write_tiny_heldout
 from _encoders_helpers import FakeEncoder, png
 from flyt.bench import assets
 from flyt.bench.assets import RENDERED_SCHEMA, _render_job, parse_emoji_test, prepare, render_source
@@ -81,7 +82,8 @@ def _fake_cache(cache, n=40):
                                               "subgroup": "train" if i < 40 else "test"} for i in range(60)])
     _write_rendered(cache, "digits", [{"key": str(i), "image": png(colours()), "text": str(i % 10), "group": str(i % 10)}
                                       for i in range(40)])
-    for step in [f"deb:{p}" for p in assets.DEBS] + ["npm"] + [assets.render_step(s) for s in assets.SOURCES]:
+    write_tiny_heldout(cache)
+    for step in [f"deb:{p}" for p in assets.DEBS] + list(assets.NPM_SETS) + [assets.render_step(s) for s in assets.SOURCES]:
         write_json({"seconds": 0.0}, assets._marker(cache, step))
 
 
@@ -139,6 +141,20 @@ def test_build_benchmark_end_to_end_with_fake_encoder(tmp_path):
     fm = tasks[1]
     assert fm.num_classes == 10 and len(fm.train.labels) == 40 and len(fm.test.labels) == 20
     assert json.loads((out / "benchmark.json").read_text())["tasks"]["digits"]["classes"] == 10
+    # The held-out tasks: their own folder, prompts and a test split only; the task reader reads them
+    # only as test-only tasks (a plain load wants the train split they do not have).
+    held = sorted(summary["heldout_tasks"])
+    assert held == sorted(p.name for p in (out / "heldout_tasks").iterdir()) == ["animal_names", "chess_pieces",
+                                                                                  "country_flags", "icon_categories"]
+    assert summary["heldout_tasks"]["chess_pieces"] == {"classes": 6, "test": 24}
+    from flyt.bench.protocol import load_heldout_tasks
+
+    loaded_held = load_heldout_tasks(out)
+    assert [t.name for t in loaded_held] == held and all(t.train is None and len(t.test.labels) for t in loaded_held)
+    with pytest.raises(FlytError, match="train.parquet"):
+        load_task(out / "heldout_tasks" / "chess_pieces")
+    with pytest.raises(FlytError, match="has no train split"):
+        loaded_held[0].split("train")
     thumbs = pa.parquet.read_table(out / "thumbnails.parquet")
     shas = set(pa.parquet.read_table(out / "pool").column("image_sha1").to_pylist())
     assert shas <= set(thumbs.column("image_sha1").to_pylist())

@@ -1,5 +1,6 @@
 """`flyt demo` end to end, CI-sized: the real pipeline (benchmark builder, teacher, baseline scorers,
-FLYT, M-FLYT, sampling, students, evaluation, report) on a benchmark of ~300 generated pairs."""
+FLYT, M-FLYT, sampling, students, evaluation, report) on a benchmark of ~300 generated pairs, four
+FLYT tasks and four held-out tasks."""
 
 import json
 import math
@@ -8,14 +9,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from _demo_helpers import POOL_PER_SOURCE, SEEDS, STUDENT_SAMPLES, tiny_config, tiny_demo_run
+from _demo_helpers import EVENTS, POOL_PER_SOURCE, SEEDS, STUDENT_SAMPLES, tiny_config, tiny_demo_run
 from flyt.bench.strategies import BASELINES
 from flyt.io.pool import load_pool
 from flyt.io.uids import UID_DTYPE, uids_to_pairs
 from flyt.pipeline.demo import run_demo
 
 STRATEGIES = {"no_filter", "random", *BASELINES, "flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs"}
-TASKS = ["digits", "fashion_mnist", "fluent_subgroups", "openmoji_groups"]
+TASKS = ["digits", "emoji_names", "fashion_mnist", "fluent_subgroups", "openmoji_groups"]
+HELDOUT = ["animal_names", "chess_pieces", "country_flags", "icon_categories"]
+AVERAGES = ["average_flyt", "average_heldout", "average"]
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +34,40 @@ def test_benchmark_is_a_few_hundred_pairs_with_defects(demo):
     defects = pool["by_defect"]
     assert {"swapped", "duplicate", "foreign", "boilerplate", "filename", "none"} <= set(defects)
     assert sorted(p.name for p in (bench / "tasks").iterdir()) == TASKS
+    assert sorted(p.name for p in (bench / "heldout_tasks").iterdir()) == HELDOUT
+    for name in HELDOUT:  # no train split exists that anything could read
+        assert not (bench / "heldout_tasks" / name / "train.parquet").exists()
+        assert (bench / "heldout_tasks" / name / "test.parquet").is_file()
 
 
 def test_results_json_has_every_strategy_per_task_with_spread(demo):
     _, out, summary, _ = demo
     saved = json.loads((out / "results.json").read_text())
-    assert saved["tasks"] == TASKS and saved["protocol"]["seeds"] == list(SEEDS)
+    assert saved["tasks"] == TASKS and saved["heldout_tasks"] == HELDOUT and saved["protocol"]["seeds"] == list(SEEDS)
     assert set(saved["results"]) == STRATEGIES
+    groups = {"average_flyt": TASKS, "average_heldout": HELDOUT, "average": TASKS + HELDOUT}
     for name, r in saved["results"].items():
         for stat in ("mean", "std"):
-            assert set(r[stat]) == set(TASKS) | {"average"}, name
+            assert set(r[stat]) == set(TASKS) | set(HELDOUT) | set(AVERAGES), name
             assert all(0 <= v <= 1 and math.isfinite(v) for v in r[stat].values()), (name, stat)
-        assert r["mean"]["average"] == pytest.approx(np.mean([r["mean"][t] for t in TASKS]))
+        # each average is per seed first (unweighted over its tasks); its spread is over those per-seed values
+        for average, tasks in groups.items():
+            per_seed = [np.mean([run[t] for t in tasks]) for run in r["per_seed"]]
+            assert [run[average] for run in r["per_seed"]] == pytest.approx(per_seed), (name, average)
+            assert r["mean"][average] == pytest.approx(np.mean(per_seed))
+            assert r["std"][average] == pytest.approx(np.std(per_seed))
+    # each learned strategy against no filtering and CLIP score, on every average, from the table's numbers
+    for average in AVERAGES:
+        found = saved["comparisons"][average]
+        assert set(found) == {"flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs"}
+        for name, refs in found.items():
+            assert set(refs) == {"no_filter", "clip_score"}
+            for ref, c in refs.items():
+                mine, theirs = saved["results"][name], saved["results"][ref]
+                assert c["margin"] == pytest.approx(mine["mean"][average] - theirs["mean"][average])
+                assert c["beats"] == (c["margin"] > 0)
+                spread = max(mine["std"][average], theirs["std"][average])
+                assert c["beyond_spread"] == (c["margin"] > spread)
     # Options were chosen on validation from the configured grids, with real (finite) accuracies.
     cfg = tiny_config(out, None)
     for name in STRATEGIES - {"no_filter", "random"}:
@@ -90,12 +115,19 @@ def test_subsets_are_datacomp_subsets_of_the_pool(demo):
 def test_results_md_and_report(demo):
     _, out, summary, _ = demo
     md = (out / "results.md").read_text()
-    assert "| strategy | chosen on validation | " + " | ".join(TASKS) + " | average |" in md
+    averages = ["average: FLYT's tasks", "average: held-out tasks", "average: all tasks"]
+    assert "| strategy | chosen on validation | " + " | ".join(TASKS + HELDOUT + averages) + " |" in md
     rows = [line for line in md.splitlines() if line.startswith("| ") and "+-" in line]
     assert len(rows) == len(STRATEGIES)
     assert {r["label"] for r in summary["results"].values()} == {row.split(" | ")[0][2:] for row in rows}
-    assert all(line.count("+-") == len(TASKS) + 1 for line in rows)
+    assert all(line.count("+-") == len(TASKS) + len(HELDOUT) + 3 for line in rows)
     assert "M-FLYT + SCS" in md and "FLYT" in md and "CLIP-score" in md
+    # one plain sentence per learned strategy on the held-out average, against both references
+    labels = {n: r["label"] for n, r in summary["results"].items()}
+    for name in ("flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs"):
+        (line,) = [x for x in md.splitlines() if x.startswith(f"- Held-out average, {labels[name]}:")]
+        assert f"vs {labels['no_filter']} " in line and f"vs {labels['clip_score']} " in line
+        assert line.count("beats it") + line.count("does NOT beat it") == 2
     report = (out / "report.html").read_text()
     results_table, rest = report.split("</table>", 1)
     assert results_table.count("<tr>") == 1 + len(STRATEGIES)  # the results table, as an HTML table
@@ -158,3 +190,30 @@ def test_a_rebuilt_benchmark_does_not_reuse_the_teacher_or_baseline_scores(demo,
     text = "\n".join(lines)
     assert "teacher space cached" not in text and "baseline scores written" in text
     assert len(list(other_out.glob("teacher-*"))) == 2 and len(list((other_out / "scores").glob("baselines-*"))) == 2
+
+
+def test_heldout_tasks_are_read_only_by_the_final_evaluation(demo):
+    """Recorded in order during the run (tests/_demo_helpers.recording): every file the task reader
+    opened, every student evaluation (split, tasks) and every log line. No held-out file is opened, and
+    no student is evaluated on a held-out task, before the final evaluation starts, which is after every
+    option was chosen on validation; the held-out tasks are then read (test split only) and evaluated."""
+    bench, out, _, _ = demo
+    heldout_dir = str(bench / "heldout_tasks")
+    logs = [(i, e[1]) for i, e in enumerate(EVENTS) if e[0] == "log"]
+    (start,) = [i for i, line in logs if "final evaluation: reading the held-out tasks" in line]
+    chose = [i for i, line in logs if "strategy " in line and ": chose " in line]
+    assert len(chose) == len(STRATEGIES) and max(chose) < start  # every option was chosen before it
+    reads = [(i, e[1]) for i, e in enumerate(EVENTS) if e[0] == "read"]
+    assert any(i < start for i, _ in reads)  # FLYT's tasks were read (and recorded) before
+    early = [p for i, p in reads if i < start and (p.startswith(heldout_dir) or any(h in p for h in HELDOUT))]
+    assert not early, f"held-out task files read before the final evaluation: {early}"
+    late = {p.removeprefix(heldout_dir + "/") for i, p in reads if i > start and p.startswith(heldout_dir)}
+    assert {f"{h}/test.parquet" for h in HELDOUT} <= late and not any("train" in p for p in late)
+    evaluations = [(i, e[1], set(e[2])) for i, e in enumerate(EVENTS) if e[0] == "evaluate"]
+    validation = [names for i, split, names in evaluations if split == "validation"]
+    assert validation and all(names == set(TASKS) for names in validation)
+    final = [(i, split, names) for i, split, names in evaluations if names & set(HELDOUT)]
+    assert final and all(i > start and split == "test" and names == set(TASKS + HELDOUT) for i, split, names in final)
+    # the teacher space (which FLYT, M-FLYT and the downstream-aware baselines train on) has FLYT's tasks only
+    (teacher,) = out.glob("teacher-*")
+    assert sorted(p.name for p in (teacher / "tasks").iterdir()) == TASKS

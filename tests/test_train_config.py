@@ -13,13 +13,19 @@ from flyt.training.schedule import cosine_lr
 # The keys config.yaml and scorer.pt's train config held before the dataclasses (plus 'pair', and
 # issue 11's 'pool_buffer' and 'pool_block': the streamed pool).
 KEYS = [
-    "mode", "name", "pool", "pair", "pool_fraction", "pool_buffer", "pool_block", "scores", "score_columns", "tasks",
+    "mode", "name", "pool", "pair", "pool_fraction", "pool_buffer", "pool_block", "scores", "score_columns",
+    "score_clip",  # issue 12: robust M-FLYT inputs
+    "tasks",
     *(f"reference.{k}" for k in ["kind", "embed_dim", "init", "logit_scale", "optimizer", "beta1", "beta2", "eps",
                                  "weight_decay", "model", "weights", "pool_shards", "precision", "device",
                                  "chunk_size"]),
     *(f"scorer.{k}" for k in ["hidden_dim", "depth", "cosine_init", "init_noise", "weight_decay"]),
     "steps", "warmup_steps", "upstream_batch", "downstream_batch", "scorer_lr", "reference_lr",
-    "downstream_logit_scale", "downstream_scale_lr", "update_reference", "seed", "out", "checkpoint_every",
+    "downstream_logit_scale", "downstream_scale_lr", "update_reference",
+    # issue 15: K-step and iterative FLYT
+    "inner_steps", "truncate", "reference_advance",
+    *(f"iterative.{k}" for k in ["round_steps", "reference_steps", "scs_penalty", "scs_total"]),
+    "seed", "out", "checkpoint_every",
     "keep_checkpoint_every", "dtype",
 ]
 

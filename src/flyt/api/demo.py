@@ -76,6 +76,8 @@ def demo(config: DemoConfig | dict | None = None, *, printer=print, **fields) ->
     """Run the demo (assets, embeddings, baselines, FLYT, M-FLYT, subsets, students, report).
 
     Checks the `bench` extra and the output and cache directories before any download or training.
+    Opens with its plan (stages, rough times, what is cached); ``progress=False`` turns off the stages'
+    progress (by default a bar on a terminal, a line every ~10% on stderr otherwise).
 
     >>> import flyt
     >>> result = flyt.demo(out="flyt-demo", quick=True)  # doctest: +SKIP

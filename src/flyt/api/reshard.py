@@ -20,7 +20,7 @@ __all__ = ["ReshardConfig", "ReshardResult", "reshard", "subset_stream", "Subset
 class ReshardConfig:
     """What ``flyt reshard`` takes; every field is the CLI flag of the same name."""
 
-    subset: str | Path  # DataComp subset .npy (sorted uid pairs; a uid repeated c times = c copies)
+    subset: str | Path  # DataComp subset .npy (sorted uid pairs; a uid repeated c times = c copies), or parts (dir / manifest.json)
     shards: str | list[str]  # input webdataset tars: brace pattern(s) {00000000..00000127}.tar, globs or directories
     out: str | Path  # output directory: <8-digit number>.tar shards + _stats.json
     samples_per_shard: int = 10_000

@@ -13,11 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from flyt.api._config import make_config
+from flyt.engines import get_map_shards
 from flyt.errors import FlytError
-from flyt.io.atomic import exclusive_lock, remove_leftovers
+from flyt.io.atomic import check_writable_dir, exclusive_lock, remove_leftovers
 from flyt.io.subsets import check_output_file, summary_path, write_subset_chunks
 from flyt.sampling.draw import sample as draw
 from flyt.sampling.draw import summarize
+from flyt.sampling.exclude import exclude, parse_rule
+from flyt.sampling.group_keys import parse_groups
+from flyt.sampling.groups import check_method as check_group_method
 from flyt.sampling.methods import SampleSpec
 from flyt.sampling.sources import score_sources
 
@@ -46,6 +50,10 @@ class SampleConfig:
     workers: int = 1
     max_memory: str | int | None = None  # bytes (or "8G", "512M") the draw may hold before spilling beside --out
     part_rows: int | None = None  # write --out as a directory of sorted .npy parts of this many rows + manifest.json
+    spill_dir: str | Path | None = None  # an existing directory for a spilling draw's files (default: beside --out)
+    groups: str | None = None  # scs/hcs: "SCORES_DIR:COLUMN", count copies (penalty, cap) per group (flyt.sampling.groups)
+    exclude: list[str] | str | None = None  # rules "COL>X" (> >= < <= == !=): rows matching any are dropped first
+    exclude_scores: list[str] | str | None = None  # directories holding --exclude columns not in --scores (joined by uid)
 
     def spec(self) -> SampleSpec:
         return SampleSpec(
@@ -56,7 +64,19 @@ class SampleConfig:
 
     def validate(self) -> "SampleConfig":
         self.spec().validate()
+        for name in ("exclude", "exclude_scores"):  # one value or a list; None: none
+            value = getattr(self, name)
+            setattr(self, name, [] if value is None else [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value])
+        for rule in self.exclude:
+            parse_rule(rule)
+        if self.exclude_scores and not self.exclude:
+            raise FlytError("--exclude-scores needs --exclude rules")
+        if self.groups is not None:
+            check_group_method(self.spec())
+            parse_groups(self.groups)
         parse_size(self.max_memory, "--max-memory")
+        if self.spill_dir is not None:
+            check_spill_dir(Path(self.spill_dir))
         if self.column == "uid":
             raise FlytError("--column uid is the key column, not a score: name a numeric score column")
         if self.part_rows is not None:
@@ -101,10 +121,23 @@ def parse_size(value, flag: str) -> int | None:
     return size
 
 
-def _spill_dir(out: Path | None, held: contextlib.ExitStack) -> str:
-    """A temporary directory for spilled runs: beside ``out`` (same disk as the result), removed at the end
-    (and, named like an atomic write's temporary, by the next run of ``out`` if this one is killed)."""
-    parent = out.parent if out is not None and out.parent.is_dir() else Path(tempfile.gettempdir())
+def check_spill_dir(path: Path) -> None:
+    """--spill-dir must exist (a cluster's shared path is never created by accident) and be writable."""
+    if not path.is_dir():
+        raise FlytError(f"--spill-dir {path}: no such directory (create it; with --engine ray on a cluster it must be "
+                        "a path every node can reach)")
+    check_writable_dir(path, "--spill-dir")
+
+
+def _spill_dir(out: Path | None, held: contextlib.ExitStack, spill_dir=None) -> str:
+    """A temporary directory for spilled runs: in ``spill_dir`` when given, else beside ``out`` (same disk as
+    the result), removed at the end (and, beside ``out``, named like an atomic write's temporary, by the
+    next run of ``out`` if this one is killed; in ``spill_dir`` a killed run leaves ``flyt-sample-*.tmp``)."""
+    if spill_dir is not None:
+        parent = Path(spill_dir).absolute()
+    else:
+        out = out.absolute() if out is not None else None
+        parent = out.parent if out is not None and out.parent.is_dir() else Path(tempfile.gettempdir()).absolute()
     prefix = f".{out.name}." if out is not None and parent == out.parent else "flyt-sample-"
     path = parent / f"{prefix}{uuid.uuid4().hex[:8]}.tmp"  # created only if the draw spills
     held.callback(shutil.rmtree, path, ignore_errors=True)
@@ -175,9 +208,18 @@ def sample(config: SampleConfig | dict | None = None, **fields) -> SampleResult:
     with contextlib.ExitStack() as held:
         if out is not None:
             _take_over(out, cfg.counts_parquet, held)
-        selection = draw(spec, score_sources(cfg.scores, cfg.column), engine=cfg.engine, workers=cfg.workers,
-                         max_memory=parse_size(cfg.max_memory, "--max-memory"), spill_dir=_spill_dir(out, held))
+        # Absolute paths: Ray tasks run in another working directory (on a cluster, on another machine).
+        sources, excluded = score_sources(Path(cfg.scores).absolute(), cfg.column), None
+        if cfg.exclude:  # rows dropped before any method runs (flyt.sampling.exclude)
+            # Counting the kept rows reads only the rule columns: local processes even for --engine ray.
+            sources, excluded = exclude(sources, cfg.exclude, [Path(d).absolute() for d in cfg.exclude_scores],
+                                        get_map_shards("local"), min(cfg.workers, max(1, len(sources))))
+        selection = draw(spec, sources, engine=cfg.engine, workers=cfg.workers,
+                         max_memory=parse_size(cfg.max_memory, "--max-memory"), spill_dir=_spill_dir(out, held, cfg.spill_dir),
+                         groups=parse_groups(cfg.groups) if cfg.groups is not None else None)
         summary = summarize(spec, selection, column=cfg.column, scores=str(cfg.scores))
+        if excluded is not None:
+            summary["exclude"] = excluded
         if out is not None:
             write_subset_chunks(out, selection.chunks, selection.total, summary, cfg.counts_parquet, cfg.part_rows)
     return SampleResult(selection.pairs, selection.counts, summary, out)

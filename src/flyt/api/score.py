@@ -21,7 +21,7 @@ class ScoreConfig:
     pool: str | Path  # flyt pool shards, or a DataComp metadata directory (parquet + npz)
     out: str | Path  # output score directory: one score shard per pool shard, same stem; extended if it exists
     scorers: list[str]  # baseline names (clip_score, negclip_loss, normsim_2, ...) and/or scorer.pt paths
-    tasks: list[str] = field(default_factory=list)  # downstream task directories (normsim, classifier, image_based)
+    tasks: list[str] = field(default_factory=list)  # downstream task directories (normsim, classifier, image_based, contamination)
     scores: list[str] = field(default_factory=list)  # extra score directories joined by uid (M-FLYT inputs)
     workers: int = 1
     engine: str = "local"  # local | ray

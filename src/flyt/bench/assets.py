@@ -9,6 +9,7 @@ atomically when it is complete, so re-running skips finished steps and an interr
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -26,6 +27,7 @@ import pyarrow as pa
 from flyt.errors import FlytError, require
 from flyt.io.atomic import write_json, write_parquet
 from flyt.io.cache import cache_dir
+from flyt.progress import Progress, printing
 
 RENDER_SIZE = 96
 
@@ -37,8 +39,16 @@ DEBS = {
     "openclipart-svg": ["./usr/share/openclipart/svg"],
     "papirus-icon-theme": ["./usr/share/icons/Papirus/64x64"],
     "dataset-fashion-mnist": ["./usr/share/datasets/fashion-mnist"],
+    "pychess": ["./usr/share/pychess/pieces"],  # held-out: chess piece sets (SVG) and chess fonts
 }
 NPM = ["openmoji@17.0.0", "fluentui-emoji@1.3.0", "emoji-datasource-twitter@16.0.0"]
+# Held-out tasks' icon sets (Iconify JSON: one file of SVG bodies per set), in a prefix of their own.
+ICON_NPM = ["flag-icons@7.5.0", "circle-flags@2.8.3", "@iconify-json/ri@1.2.10", "@iconify-json/fxemoji@1.2.2",
+            "@iconify-json/streamline-emojis@1.2.4"]
+# The general FLYT task's emoji sets (two EmojiOne releases, drawn differently), in a prefix of their own.
+GENERAL_NPM = ["@iconify-json/emojione@1.2.3", "@iconify-json/emojione-v1@1.2.3"]
+# fetch step name -> the npm packages it installs into ``<cache>/<step name>``
+NPM_SETS = {"npm": NPM, "npm-icons": ICON_NPM, "npm-general": GENERAL_NPM}
 
 RENDERED_SCHEMA = pa.schema(
     [
@@ -68,12 +78,14 @@ def _step(cache: Path, step: str, func, log) -> float:
     marker = _marker(cache, step)
     if marker.is_file():
         return json.loads(marker.read_text())["seconds"]
-    log(f"prepare {step} ...")
+    with printing():  # the line lands above a progress bar, not inside it
+        log(f"prepare {step} ...")
     t0 = time.perf_counter()
     info = func() or {}
     seconds = round(time.perf_counter() - t0, 2)
     write_json({"step": step, "seconds": seconds, **info}, marker)
-    log(f"prepare {step}: {seconds:.1f} s {info if info else ''}")
+    with printing():
+        log(f"prepare {step}: {seconds:.1f} s {info if info else ''}")
     return seconds
 
 
@@ -110,11 +122,13 @@ def fetch_deb(cache: Path, package: str) -> dict:
     return {"deb_bytes": size}
 
 
-def fetch_npm(cache: Path) -> dict:
-    """``npm install`` the emoji art sets (no install scripts run)."""
-    got = _run(["npm", "install", "--prefix", str(cache / "npm"), "--ignore-scripts", "--no-audit", "--no-fund", *NPM])
+def fetch_npm(cache: Path, name: str = "npm") -> dict:
+    """``npm install`` one of NPM_SETS into ``<cache>/<name>`` (no install scripts run)."""
+    packages = NPM_SETS[name]
+    got = _run(["npm", "install", "--prefix", str(cache / name), "--ignore-scripts", "--no-audit", "--no-fund",
+                *packages])
     if got.returncode != 0:
-        raise FlytError(f"npm install {' '.join(NPM)} failed: {got.stderr.strip()[-300:]}")
+        raise FlytError(f"npm install {' '.join(packages)} failed: {got.stderr.strip()[-300:]}")
     return {}
 
 
@@ -172,6 +186,22 @@ def _render_job(job) -> bytes | None:
             if bbox is None:
                 return None
             return _png(_square_on_white(canvas.crop(bbox), size))
+        if kind == "glyph":  # arg = (font path, character): a character of a picture font, black on white
+            font_path, char = arg
+            if (font_path, size) not in _FONT:
+                _FONT[font_path, size] = ImageFont.truetype(font_path, 2 * size)
+            canvas = Image.new("RGBA", (4 * size, 4 * size), (255, 255, 255, 0))
+            ImageDraw.Draw(canvas).text((size, size), char, font=_FONT[font_path, size], fill=(0, 0, 0, 255))
+            bbox = canvas.getbbox()
+            # a character the font lacks draws nothing, or a dot (under a quarter of the em): no image
+            if bbox is None or max(bbox[2] - bbox[0], bbox[3] - bbox[1]) < size // 2:
+                return None
+            return _png(_square_on_white(canvas.crop(bbox), size))
+        if kind == "svgtext":  # arg = the SVG document itself
+            import cairosvg
+
+            data = cairosvg.svg2png(bytestring=arg.encode("utf-8"), output_width=2 * size)
+            return _png(_square_on_white(Image.open(io.BytesIO(data)), size))
         if kind == "svg":
             import cairosvg
 
@@ -195,17 +225,21 @@ def _render_job(job) -> bytes | None:
     raise ValueError(f"unknown render job kind {kind}")
 
 
-def _render_rows(records: list[dict], jobs: list, workers: int) -> tuple[pa.Table, int]:
-    """Render jobs in a process pool; keep records whose image rendered; count failures."""
+def _render_rows(records: list[dict], jobs: list, workers: int, bar: Progress | None = None) -> tuple[pa.Table, int]:
+    """Render jobs in a process pool; keep records whose image rendered; count failures. ``bar``
+    advances one per image."""
     require("PIL", "bench")
     images: list = [None] * len(jobs)
     ctx = multiprocessing.get_context("spawn")  # fork would copy torch/threads state of the parent
-    if workers > 1 and len(jobs) > 64:
-        with ctx.Pool(workers) as pool:
-            for i, png in enumerate(pool.imap(_render_job, jobs, chunksize=16)):
-                images[i] = png
-    else:
-        images = [_render_job(j) for j in jobs]
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(jobs) > 64:
+            rendered = stack.enter_context(ctx.Pool(workers)).imap(_render_job, jobs, chunksize=16)
+        else:
+            rendered = map(_render_job, jobs)
+        for i, png in enumerate(rendered):
+            images[i] = png
+            if bar is not None:
+                bar.update(1)
     keep = [i for i, png in enumerate(images) if png is not None]
     cols = {name: [] for name in RENDERED_SCHEMA.names}
     for i in keep:
@@ -380,6 +414,167 @@ def _source_digits(root: Path, cache: Path):
     return recs, jobs
 
 
+# ---------------------------------------------------------------- held-out tasks' sources
+# Sets no pool source, FLYT task or option choice uses (flyt.bench.heldout builds their tasks).
+
+
+def mask_regions(svg: str, box: tuple) -> str:
+    """Give every mask of an SVG document without its own units the whole drawing (``box`` =
+    x, y, width, height of the viewBox) as its region: cairosvg misplaces a mask whose region is
+    left to SVG's default when it scales the drawing (circle-flags' round mask came out as a
+    quarter disc)."""
+    x, y, w, h = box
+    return re.sub(r"<mask(?![^>]*maskUnits)",
+                  f'<mask maskUnits="userSpaceOnUse" x="{x}" y="{y}" width="{w}" height="{h}"', svg)
+
+
+def iconify_svgs(cache: Path, package: str, prefix: str = "npm-icons") -> tuple[dict, dict]:
+    """An Iconify JSON set (``@iconify-json/<package>``, installed by the NPM_SETS step ``prefix``) ->
+    ({icon name: SVG document}, its metadata (categories, if the set has them)). Hidden icons (kept by
+    the set for old names) are left out; ``currentColor`` (monochrome sets) renders black."""
+    base = cache / prefix / "node_modules/@iconify-json" / package
+    data = json.loads((base / "icons.json").read_text(encoding="utf-8"))
+    meta_path = base / "metadata.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    out = {}
+    for name, icon in data["icons"].items():
+        if icon.get("hidden"):
+            continue
+        left, top = icon.get("left", data.get("left", 0)), icon.get("top", data.get("top", 0))
+        width, height = icon.get("width", data.get("width", 16)), icon.get("height", data.get("height", 16))
+        body = mask_regions(icon["body"], (left, top, width, height))
+        out[name] = (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+                     f'width="{width}" height="{height}" viewBox="{left} {top} {width} {height}" color="#000">'
+                     f'{body}</svg>')
+    return out, meta
+
+
+_VIEWBOX = re.compile(r'viewBox="([-\d.]+)[ ,]+([-\d.]+)[ ,]+([\d.]+)[ ,]+([\d.]+)"')
+
+
+def _flag_svg(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    svg = path.read_text(encoding="utf-8")
+    box = _VIEWBOX.search(svg)
+    return mask_regions(svg, box.groups()) if box else svg
+
+
+def _source_flags(root: Path, cache: Path):
+    """Country and region flags in two drawings (flag-icons' 4:3 flags and circle-flags' round ones),
+    named as Unicode names their flag emoji (``flag: Japan``). group = the place's name."""
+    base = cache / "npm-icons/node_modules"
+    sets = {"4x3": base / "flag-icons/flags/4x3", "circle": base / "circle-flags/flags"}
+    recs, jobs = [], []
+    for e in parse_emoji_test(root / "usr/share/unicode/emoji/emoji-test.txt"):
+        if e["subgroup"] != "country-flag":
+            continue
+        # two regional indicator symbols (U+1F1E6 = "A") spell the region code
+        code = "".join(chr(ord(c) - 0x1F1E6 + ord("a")) for c in e["chars"])
+        for variant, folder in sets.items():
+            svg = _flag_svg(folder / f"{code}.svg")
+            if svg is not None:
+                place = e["name"].split(":", 1)[1].strip()
+                recs.append({"key": f"{variant}/{code}", "text": e["name"], "group": place, "subgroup": variant})
+                jobs.append(("svgtext", svg))
+    return recs, jobs
+
+
+CHESS_PIECES = {"k": "king", "q": "queen", "r": "rook", "b": "bishop", "n": "knight", "p": "pawn"}
+# pychess's Thai and Burmese sets (and "ada", drawn in the Thai style) draw other games' pieces
+# under the same file names
+CHESS_OTHER_GAMES = ("ada", "makruk", "sittuyin")
+# Chess fonts map white pieces to these letters and black pieces to the second row (the Marroquin
+# convention pychess's fonts follow; a glyph a font lacks renders no image, and flyt.bench.heldout
+# keeps only the sets and fonts that drew every piece).
+CHESS_FONT_KEYS = {"white": "kqrbnp", "black": "lwtvmo"}
+
+
+def _source_chess(root: Path, cache: Path):
+    """Chess pieces: pychess's SVG piece sets (``wk.svg`` = white king) and its chess fonts.
+    group = the piece (king ... pawn), subgroup = the set or font."""
+    base = root / "usr/share/pychess/pieces"
+    recs, jobs = [], []
+    for d in sorted(p for p in base.iterdir() if p.is_dir() and p.name not in CHESS_OTHER_GAMES + ("ttf",)):
+        files = {f"{c}{k}": d / f"{c}{k}.svg" for c in "wb" for k in CHESS_PIECES}
+        if not all(f.is_file() for f in files.values()):  # single-sheet sets draw every piece in one file
+            continue
+        for stem, f in files.items():
+            colour, piece = ("white" if stem[0] == "w" else "black"), CHESS_PIECES[stem[1]]
+            recs.append({"key": f"svg/{d.name}/{stem}", "text": f"{colour} {piece}", "group": piece,
+                         "subgroup": d.name})
+            jobs.append(("svg", f))
+    for font in sorted((base / "ttf").glob("*.ttf")):
+        for colour, chars in CHESS_FONT_KEYS.items():
+            for char, piece in zip(chars, CHESS_PIECES.values()):
+                recs.append({"key": f"ttf/{font.stem}/{char}", "text": f"{colour} {piece}", "group": piece,
+                             "subgroup": f"font {font.stem}"})
+                jobs.append(("glyph", (str(font), char)))
+    return recs, jobs
+
+
+def _source_remix(root: Path, cache: Path):
+    """Remix Icon's icons with the set's own category as group; of an icon drawn as lines and filled
+    (``home-line``, ``home-fill``) only the line drawing."""
+    icons, meta = iconify_svgs(cache, "ri")
+    recs, jobs = [], []
+    for category, names in sorted(meta.get("categories", {}).items()):
+        twin = lambda n: n.endswith("-fill") and f"{n[: -len('-fill')]}-line" in icons  # noqa: E731
+        for name in sorted(n for n in names if n in icons and not twin(n)):
+            text = re.sub(r"-(line|fill)$", "", name).replace("-", " ")
+            recs.append({"key": name, "text": text, "group": category})
+            jobs.append(("svgtext", icons[name]))
+    return recs, jobs
+
+
+# Each emoji set's category of animals and plants.
+ANIMAL_EMOJI_SETS = {"fxemoji": "Nature", "streamline-emojis": "Animals Nature"}
+
+
+def _source_animal_emoji(root: Path, cache: Path):
+    """Two emoji art styles absent from the pool and the FLYT tasks (Firefox OS emoji, Streamline
+    emoji): their nature category, group = the icon's name in its set, subgroup = the set."""
+    recs, jobs = [], []
+    for package, category in ANIMAL_EMOJI_SETS.items():
+        icons, meta = iconify_svgs(cache, package)
+        for name in sorted(n for n in meta.get("categories", {}).get(category, []) if n in icons):
+            recs.append({"key": f"{package}/{name}", "text": name.replace("-", " "), "group": name,
+                         "subgroup": package})
+            jobs.append(("svgtext", icons[name]))
+    return recs, jobs
+
+
+# ---------------------------------------------------------------- the general FLYT task's source
+
+GENERAL_EMOJI_SETS = ("emojione", "emojione-v1")
+
+
+def emoji_slug(name: str) -> str:
+    """A Unicode emoji name as Iconify's emoji sets spell their icon names ("grinning face" ->
+    "grinning-face", "T-Rex" -> "t-rex")."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _source_general_emoji(root: Path, cache: Path):
+    """EmojiOne's two drawings (npm ``@iconify-json/emojione`` 2.x and ``emojione-v1``, absent from the
+    pool, FLYT's other tasks and the held-out tasks) of every emoji both draw, named by Unicode
+    (group = the Unicode name, subgroup = the set). Left out: names with a colon (skin-tone variants,
+    country flags ``flag: Japan``, families), Unicode's Flags group and its ``animal-*`` subgroups
+    and the Component group: flags and animals are what two held-out tasks ask, in other drawings,
+    and a general task that trained FLYT on them would let those tasks' classes leak into training."""
+    unicode = {emoji_slug(e["name"]): e for e in parse_emoji_test(root / "usr/share/unicode/emoji/emoji-test.txt")
+               if ":" not in e["name"] and e["group"] not in ("Flags", "Component")
+               and not e["subgroup"].startswith("animal-")}
+    sets = {package: iconify_svgs(cache, package, "npm-general")[0] for package in GENERAL_EMOJI_SETS}
+    recs, jobs = [], []
+    for slug in sorted(set(unicode).intersection(*sets.values())):
+        e = unicode[slug]
+        for package, icons in sets.items():
+            recs.append({"key": f"{package}/{slug}", "text": e["name"], "group": e["name"], "subgroup": package})
+            jobs.append(("svgtext", icons[slug]))
+    return recs, jobs
+
+
 # name -> (what it builds from, the function listing its records and render jobs)
 SOURCES = {
     "noto": _source_noto,
@@ -391,8 +586,13 @@ SOURCES = {
     "fluent": _source_fluent,
     "fashion_mnist": _source_fashion_mnist,
     "digits": _source_digits,
+    "general_emoji": _source_general_emoji,
+    "flags": _source_flags,
+    "chess": _source_chess,
+    "remix_icons": _source_remix,
+    "animal_emoji": _source_animal_emoji,
 }
-# What each source needs fetched first (Debian packages; "npm" for the npm emoji sets).
+# What each source needs fetched first (Debian packages; NPM_SETS' names for npm packages).
 NEEDS = {
     "noto": ["fonts-noto-color-emoji", "unicode-data"],
     "twemoji": ["npm"],
@@ -403,19 +603,28 @@ NEEDS = {
     "fluent": ["npm", "unicode-data"],
     "fashion_mnist": ["dataset-fashion-mnist"],
     "digits": [],
+    "general_emoji": ["npm-general", "unicode-data"],
+    "flags": ["npm-icons", "unicode-data"],
+    "chess": ["pychess"],
+    "remix_icons": ["npm-icons"],
+    "animal_emoji": ["npm-icons"],
 }
 POOL_SOURCES = ["noto", "twemoji", "tuxpaint", "openclipart", "papirus"]
-TASK_SOURCES = ["openmoji", "fluent", "fashion_mnist", "digits"]
+TASK_SOURCES = ["openmoji", "fluent", "fashion_mnist", "digits", "general_emoji"]
+HELDOUT_SOURCES = ["flags", "chess", "remix_icons", "animal_emoji"]  # read only by the final evaluation
+ALL_SOURCES = POOL_SOURCES + TASK_SOURCES + HELDOUT_SOURCES
 
 
-def render_source(cache: Path, name: str, size: int = RENDER_SIZE, workers: int = 2, limit: int | None = None) -> dict:
-    """Render one source into ``rendered/<name>.parquet`` (atomically)."""
-    recs, jobs = SOURCES[name](cache / "root", cache)
+def render_source(cache: Path, name: str, size: int = RENDER_SIZE, workers: int = 2, limit: int | None = None,
+                  listed: tuple | None = None, bar: Progress | None = None) -> dict:
+    """Render one source into ``rendered/<name>.parquet`` (atomically). ``listed``: its (records, jobs)
+    if already listed; ``bar`` advances one per image."""
+    recs, jobs = listed if listed is not None else SOURCES[name](cache / "root", cache)
     if limit is not None:
         recs, jobs = recs[:limit], jobs[:limit]
     if not recs:
         raise FlytError(f"asset source '{name}': found no images under {cache} (was it fetched?)")
-    table, failed = _render_rows(recs, [(k, a, size) for k, a in jobs], workers)
+    table, failed = _render_rows(recs, [(k, a, size) for k, a in jobs], workers, bar)
     write_parquet(table, rendered_path(cache, name))
     return {"rows": table.num_rows, "failed": failed}
 
@@ -431,33 +640,54 @@ def rendered_path(cache: Path, name: str) -> Path:
     return cache / "rendered" / f"{name}.parquet"
 
 
-def fetch(cache, needed, log=print) -> dict:
-    """Fetch (cached) the Debian packages named in ``needed``, and the npm sets if "npm" is in it."""
+def fetch(cache, needed, log=print, progress: bool | None = False) -> dict:
+    """Fetch (cached) the Debian packages named in ``needed``, and the NPM_SETS named in it.
+    ``progress`` (flyt.progress's show): a bar over the packages not fetched yet."""
     cache = cache_dir(cache)
-    unknown = sorted(set(needed) - set(DEBS) - {"npm"})
+    unknown = sorted(set(needed) - set(DEBS) - set(NPM_SETS))
     if unknown:
-        raise FlytError(f"unknown asset package '{unknown[0]}' (choose from: {', '.join(DEBS)}, npm)")
+        raise FlytError(f"unknown asset package '{unknown[0]}' (choose from: {', '.join([*DEBS, *NPM_SETS])})")
+    steps = {f"deb:{p}": lambda p=p: fetch_deb(cache, p) for p in DEBS if p in needed}
+    steps.update({name: lambda n=name: fetch_npm(cache, n) for name in NPM_SETS if name in needed})
     timings = {}
-    for package in DEBS:
-        if package in needed:
-            timings[f"deb:{package}"] = _step(cache, f"deb:{package}", lambda p=package: fetch_deb(cache, p), log)
-    if "npm" in needed:
-        timings["npm"] = _step(cache, "npm", lambda: fetch_npm(cache), log)
+    todo = sum(not _marker(cache, step).is_file() for step in steps)
+    with Progress(todo, "assets: fetch", unit="package", show=progress) as bar:
+        for step, func in steps.items():
+            done = _marker(cache, step).is_file()
+            timings[step] = _step(cache, step, func, log)
+            if not done:
+                bar.update(1)
     return timings
 
 
-def prepare(cache=None, sources=None, workers: int = 2, log=print) -> dict:
-    """Fetch and render every asset the benchmark needs (cached). Returns seconds per step."""
+def pending_steps(cache=None, sources=None) -> list[str]:
+    """The preparation steps (``deb:<package>``, an NPM_SETS name, ``render:<source>``) not done yet in ``cache``."""
+    cache = cache_dir(cache)
+    sources = list(sources or ALL_SOURCES)
+    needed = {n for s in sources if s in NEEDS for n in NEEDS[s]}
+    steps = [f"deb:{p}" for p in DEBS if p in needed] + [n for n in NPM_SETS if n in needed]
+    steps += [render_step(s) for s in sources]
+    return [s for s in steps if not _marker(cache, s).is_file()]
+
+
+def prepare(cache=None, sources=None, workers: int = 2, log=print, progress: bool | None = False) -> dict:
+    """Fetch and render every asset the benchmark needs (cached). Returns seconds per step.
+    ``progress`` (flyt.progress's show): a bar over the packages to fetch, then one over the images
+    to render (every source not rendered yet, listed first so the bar has its total)."""
     cache = cache_dir(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    sources = list(sources or POOL_SOURCES + TASK_SOURCES)
+    sources = list(sources or ALL_SOURCES)
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
         raise FlytError(f"unknown asset source '{unknown[0]}' (choose from: {', '.join(SOURCES)})")
-    timings = fetch(cache, {n for s in sources for n in NEEDS[s]}, log)
-    for name in sources:
-        timings[f"render:{name}"] = _step(cache, render_step(name),
-                                          lambda n=name: render_source(cache, n, workers=workers), log)
+    timings = fetch(cache, {n for s in sources for n in NEEDS[s]}, log, progress)
+    listed = {name: SOURCES[name](cache / "root", cache) for name in sources
+              if not _marker(cache, render_step(name)).is_file()}
+    with Progress(sum(len(jobs) for _, jobs in listed.values()), "assets: render", unit="image", show=progress) as bar:
+        for name in sources:
+            timings[f"render:{name}"] = _step(
+                cache, render_step(name),
+                lambda n=name: render_source(cache, n, workers=workers, listed=listed.get(n), bar=bar), log)
     return timings
 
 

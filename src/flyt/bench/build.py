@@ -6,6 +6,8 @@ Output layout (``out``, default ``<cache>/bench/<encoder name>``)::
                             defect, image_sha1, key
     thumbnails.parquet      image_sha1 -> PNG (96 px) for reports; outside pool/ on purpose
     tasks/<name>/           task directories (classnames, templates, train/test, prompts)
+    heldout_tasks/<name>/   held-out task directories (flyt.bench.heldout): prompts and a test split
+                            only; read by nothing but the demo's final evaluation
     benchmark.json          pool composition, task sizes, timings, encoder, configuration
 """
 
@@ -18,12 +20,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from flyt.bench.assets import POOL_SOURCES, TASK_SOURCES, prepare, render_step
+from flyt.bench.assets import HELDOUT_SOURCES, POOL_SOURCES, TASK_SOURCES, prepare, render_step
+from flyt.bench.heldout import build_heldout_specs
 from flyt.bench.pool import PoolConfig, build_pairs, composition
 from flyt.bench.tasks import build_task_specs, describe
 from flyt.encoders.base import Encoder
 from flyt.encoders.cache import CachedEncoder, sha1_bytes
-from flyt.encoders.embed import embed_pairs, embed_task
+from flyt.encoders.embed import embed_pairs, embed_task, prompt_texts
 from flyt.io.atomic import write_json, write_parquet
 from flyt.io.cache import cache_dir
 
@@ -39,7 +42,7 @@ def build_benchmark(
     pool_config: PoolConfig = PoolConfig(),
     task_limit: int | None = None,
     workers: int = 2,
-    progress: bool = False,
+    progress: bool | None = False,  # flyt.progress's show: bars for preparation and embedding
     force: bool = False,
     log=print,
 ) -> dict:
@@ -50,15 +53,11 @@ def build_benchmark(
     """
     cache = cache_dir(cache)
     out = Path(out) if out is not None else default_out(cache, encoder)
-    done = out / "benchmark.json"
-    if done.is_file() and not force:
-        summary = json.loads(done.read_text())
-        same = (summary.get("encoder") == encoder.name and summary.get("pool_config") == asdict(pool_config)
-                and summary.get("task_limit") == task_limit and summary.get("assets") == _asset_steps())
-        if same and (out / "pool").is_dir() and all((out / "tasks" / t).is_dir() for t in summary["tasks"]):
-            log(f"benchmark already built in {out} (cached)")
-            return summary
-    timings = {"prepare": prepare(cache, workers=workers, log=log)}
+    summary = None if force else built(out, encoder.name, pool_config, task_limit)
+    if summary is not None:
+        log(f"benchmark already built in {out} (cached)")
+        return summary
+    timings = {"prepare": prepare(cache, workers=workers, log=log, progress=progress)}
     cached = CachedEncoder(encoder, cache / "embeddings", progress=progress)
 
     t0 = time.perf_counter()
@@ -78,9 +77,14 @@ def build_benchmark(
 
     t0 = time.perf_counter()
     specs = build_task_specs(cache, seed=pool_config.seed, limit=task_limit)
-    for spec in specs:
-        extra = {k: {"image_sha1": [sha1_bytes(b) for b in v[0]]} for k, v in spec.splits.items()}
-        embed_task(out / "tasks" / spec.name, spec.classnames, spec.templates, spec.splits, cached, extra)
+    heldout = build_heldout_specs(cache, limit=task_limit)
+    every_image = [b for spec in specs + heldout for images, _ in spec.splits.values() for b in images]
+    every_prompt = [p for spec in specs + heldout for p in prompt_texts(spec.classnames, spec.templates)]
+    with cached.stage("embed: tasks", every_image, every_prompt):  # one bar over every task
+        for folder, group in (("tasks", specs), ("heldout_tasks", heldout)):
+            for spec in group:
+                extra = {k: {"image_sha1": [sha1_bytes(b) for b in v[0]]} for k, v in spec.splits.items()}
+                embed_task(out / folder / spec.name, spec.classnames, spec.templates, spec.splits, cached, extra)
     timings["embed_tasks_s"] = round(time.perf_counter() - t0, 2)
 
     summary = {
@@ -88,6 +92,7 @@ def build_benchmark(
         "pool": composition(table),
         "pool_config": asdict(pool_config),
         "tasks": describe(specs),
+        "heldout_tasks": describe(heldout),
         "task_limit": task_limit,
         "assets": _asset_steps(),
         "timings": timings,
@@ -95,19 +100,36 @@ def build_benchmark(
         "out": str(out),
     }
     write_json(summary, out / "benchmark.json")
-    log(f"benchmark written to {out}: {table.num_rows} pairs, {len(specs)} tasks")
+    log(f"benchmark written to {out}: {table.num_rows} pairs, {len(specs)} tasks, {len(heldout)} held-out tasks")
     return summary
+
+
+def built(out: Path, encoder_name: str, pool_config: PoolConfig = PoolConfig(), task_limit: int | None = None):
+    """``out``'s benchmark.json if it describes a finished build with this encoder, pool configuration,
+    task limit and rendered assets (so build_benchmark would reuse it), else None."""
+    done = Path(out) / "benchmark.json"
+    if not done.is_file():
+        return None
+    summary = json.loads(done.read_text())
+    same = (summary.get("encoder") == encoder_name and summary.get("pool_config") == asdict(pool_config)
+            and summary.get("task_limit") == task_limit and summary.get("assets") == _asset_steps())
+    folders = [Path(out) / "tasks" / t for t in summary["tasks"]]
+    folders += [Path(out) / "heldout_tasks" / t for t in summary.get("heldout_tasks", ())]
+    if same and "heldout_tasks" in summary and (Path(out) / "pool").is_dir() and all(f.is_dir() for f in folders):
+        return summary
+    return None
 
 
 def _asset_steps() -> list[str]:
     """The rendered sources' cache steps: a benchmark built from differently rendered assets is stale."""
-    return [render_step(name) for name in POOL_SOURCES + TASK_SOURCES]
+    return [render_step(name) for name in POOL_SOURCES + TASK_SOURCES + HELDOUT_SOURCES]
 
 
 def load_benchmark(out) -> dict:
     """A built benchmark in memory: ``pool`` (PoolArrays, embeddings), ``tasks`` (list of Task,
-    by name), ``truth`` (Arrow table uid, text, source, defect, image_sha1 in pool order) and
-    ``summary`` (benchmark.json). Thumbnails stay on disk: ``out/thumbnails.parquet``."""
+    by name; not the held-out tasks: flyt.bench.protocol.load_heldout_tasks reads those), ``truth``
+    (Arrow table uid, text, source, defect, image_sha1 in pool order) and ``summary``
+    (benchmark.json). Thumbnails stay on disk: ``out/thumbnails.parquet``."""
     from flyt.errors import FlytError
     from flyt.io.parquet import read_table
     from flyt.io.pool import load_pool

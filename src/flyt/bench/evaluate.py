@@ -49,15 +49,24 @@ def evaluate_selection(
     config: StudentConfig = StudentConfig(),
     seeds=(0, 1, 2),
     split: str = "test",
+    progress=None,
 ) -> dict:
-    """Train one student per seed on the selection and evaluate each.
+    """Train one student per seed on the selection and evaluate each (``progress``: a
+    flyt.progress.Progress advanced by the samples the students see, see train_students).
 
     Returns ``{"per_seed": [{task: acc, ..., "average": acc}], "mean": {...}, "std": {...}}``
     (std is the population standard deviation over seeds).
     """
     indices = multiset_indices(pool_uids, selection)
-    students = train_students(image, text, [(indices, seed) for seed in seeds], config)
+    students = train_students(image, text, [(indices, seed) for seed in seeds], config, progress)
     return summarise_seeds([evaluate(student, tasks, split) for student in students], seeds, indices)
+
+
+def group_averages(run: dict, groups: dict[str, list[str]]) -> dict:
+    """One student's evaluation with the unweighted average over each named group of tasks added
+    (e.g. ``{"average_flyt": FLYT's tasks, "average_heldout": the held-out tasks}``); an empty group
+    adds nothing. Averaging per seed first keeps each average's seed spread a spread of averages."""
+    return {**run, **{k: float(np.mean([run[t] for t in names])) for k, names in groups.items() if names}}
 
 
 def summarise_seeds(runs: list[dict], seeds, indices: np.ndarray) -> dict:

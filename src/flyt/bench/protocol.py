@@ -2,6 +2,8 @@
 
 - Each task's train split is cut into fit (train) and validation, stratified by class; test splits are
   read only for the final table.
+- The held-out tasks (``heldout_tasks/``, flyt.bench.heldout) are read only by the final evaluation,
+  after every option was chosen: nothing trains or chooses on them, and they have no train split.
 - FLYT/M-FLYT and the scorers that read downstream data see only fit; a strategy's option is the one
   whose student scores the highest average accuracy on validation.
 - Cached work is named by ``cache_key`` of what it depends on; ``benchmark_key`` is the part shared by
@@ -38,11 +40,25 @@ def load_tasks(tasks_dir: Path) -> list[Task]:
     return [load_task(d) for d in sorted(Path(tasks_dir).iterdir()) if d.is_dir()]
 
 
+HELDOUT_DIR = "heldout_tasks"
+
+
+def load_heldout_tasks(bench_dir: Path) -> list[Task]:
+    """The benchmark's held-out tasks (those benchmark.json lists; none for a benchmark built before
+    they existed), test split only: no train file is opened. For the final evaluation alone."""
+    summary = json.loads((Path(bench_dir) / "benchmark.json").read_text())
+    return [load_task(Path(bench_dir) / HELDOUT_DIR / name, test_only=True)
+            for name in sorted(summary.get("heldout_tasks", {}))]
+
+
 def split_validation(tasks: list[Task], fraction: float, seed: int) -> list[Task]:
     """Each task with its train split cut into train (fit) and ``validation``, stratified by class;
     ``test`` is kept as it is. Every class with two or more rows gives at least one validation row:
     a task with an empty validation split would make every validation average NaN, and the choice of
-    option silently the first."""
+    option silently the first. Classes with a single train row (the general task, emoji_names, has one
+    drawing per class to train on) are split by class instead: ``round(fraction * their number)`` of
+    them, drawn by ``seed``, give their row to validation (zero-shot validation needs no fit row of the
+    class); a task with no such classes is cut exactly as before."""
     out = []
     for task in tasks:
         rng = np.random.default_rng(seed)
@@ -52,6 +68,11 @@ def split_validation(tasks: list[Task], fraction: float, seed: int) -> list[Task
             rows = rng.permutation(np.flatnonzero(labels == c))
             k = int(round(len(rows) * fraction))
             val_idx.extend(rows[: max(k, 1) if len(rows) > 1 else k])
+        counts = np.bincount(labels, minlength=task.num_classes)
+        single = np.flatnonzero(counts == 1)
+        if len(single):  # drawn after the per-class cut, so tasks without single-row classes are unchanged
+            chosen = rng.choice(single, size=int(round(len(single) * fraction)), replace=False)
+            val_idx.extend(np.flatnonzero(np.isin(labels, chosen)))
         is_val = np.zeros(len(labels), bool)
         is_val[val_idx] = True
         fit = Split(task.train.images[~is_val], labels[~is_val])

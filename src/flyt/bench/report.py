@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flyt.bench.results import results_intro, results_notes, results_table, weights_note
+from flyt.bench.results import AVERAGES, present_averages, results_intro, results_notes, results_table, weights_note
 from flyt.io.atomic import write_text
 from flyt.io.parquet import read_table
 
@@ -30,19 +30,26 @@ def _png(fig) -> str:
 
 
 def _accuracy_plot(summary) -> str:
+    """One panel per average (FLYT's tasks, held-out tasks, all tasks): bars with seed error bars,
+    FLYT / M-FLYT in red."""
     import matplotlib.pyplot as plt
 
     names = list(summary["results"])
-    means = [100 * summary["results"][n]["mean"]["average"] for n in names]
-    stds = [100 * summary["results"][n]["std"]["average"] for n in names]
+    averages = present_averages(summary["results"])
     colors = ["#d62728" if n.startswith(("flyt", "mflyt")) else "#7f7f7f" for n in names]
-    fig, ax = plt.subplots(figsize=(8, 0.38 * len(names) + 1))
-    ax.barh(range(len(names)), means, xerr=stds, color=colors, capsize=3)
-    ax.set_yticks(range(len(names)), [summary["results"][n]["label"] for n in names])
-    ax.invert_yaxis()
-    ax.set_xlabel("average zero-shot accuracy (%), mean +- std over seeds")
-    lo = min(m - s for m, s in zip(means, stds))
-    ax.set_xlim(max(0, lo - 3), max(m + s for m, s in zip(means, stds)) + 1)
+    fig, axes = plt.subplots(1, len(averages), figsize=(3.6 * len(averages) + 2.5, 0.38 * len(names) + 1),
+                             sharey=True, squeeze=False)
+    for ax, average in zip(axes[0], averages):
+        means = [100 * summary["results"][n]["mean"][average] for n in names]
+        stds = [100 * summary["results"][n]["std"][average] for n in names]
+        ax.barh(range(len(names)), means, xerr=stds, color=colors, capsize=3)
+        ax.set_title(AVERAGES[average] if average != "average" or len(averages) > 1 else "average", fontsize=10)
+        ax.set_xlabel("zero-shot accuracy (%)")
+        lo = min(m - s for m, s in zip(means, stds))
+        ax.set_xlim(max(0, lo - 3), max(m + s for m, s in zip(means, stds)) + 1)
+    axes[0][0].set_yticks(range(len(names)), [summary["results"][n]["label"] for n in names])
+    axes[0][0].invert_yaxis()
+    fig.suptitle("average zero-shot accuracy, mean +- std over student seeds", fontsize=10)
     return _png(fig)
 
 
@@ -107,9 +114,11 @@ def results_html(summary: dict) -> str:
     """The results (flyt.bench.results' table and sentences) as HTML: the intro, the table, the verdict
     and the weights, each a paragraph but the table. (The page has its own title.)"""
     header, rows = results_table(summary)
-    table = ("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr></thead><tbody>"
+    # Per task and three averages make a wide table: it scrolls inside its box, not the page.
+    table = ("<div class='wide'><table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header)
+             + "</tr></thead><tbody>"
              + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-             + "</tbody></table>")
+             + "</tbody></table></div>")
     notes = [*results_notes(summary), weights_note(summary)]
     return f"<p>{html.escape(results_intro(summary))}</p>" + table + "".join(f"<p>{html.escape(n)}</p>" for n in notes)
 
@@ -175,7 +184,8 @@ body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
 table {{ border-collapse: collapse; font-size: 12px; }}
 th, td {{ border: 1px solid #ddd; padding: 3px 6px; text-align: right; white-space: nowrap; }}
 th:first-child, td:first-child {{ text-align: left; }}
-thead th {{ background: #f0f0f0; }}
+thead th {{ background: #f0f0f0; white-space: normal; }}
+.wide {{ overflow-x: auto; max-width: 100%; }}
 img.plot {{ max-width: 100%; }}
 .gallery {{ display: flex; flex-wrap: wrap; gap: 8px; }}
 figure {{ width: 120px; margin: 0; font-size: 11px; }}

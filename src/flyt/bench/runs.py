@@ -24,16 +24,22 @@ from flyt.models.checkpoint import load_scorer
 from flyt.training.loop import train
 
 
-def train_scorer(config: dict, runs_dir: Path, log: Callable[[str], None]) -> Path:
+def scorer_run_dir(config: dict, runs_dir: Path) -> Path:
+    """Where train_scorer trains (or finds) the scorer of ``config``."""
+    return Path(runs_dir) / f"{config['mode']}-{cache_key(config)}"
+
+
+def train_scorer(config: dict, runs_dir: Path, log: Callable[[str], None], progress: bool | None = False) -> Path:
     """Train (or reuse) the scorer of a training config (flyt.training's, without ``out``) in
-    ``runs_dir/<mode>-<key of the config>``; an interrupted run resumes from its latest checkpoint."""
-    run_dir = Path(runs_dir) / f"{config['mode']}-{cache_key(config)}"
+    ``runs_dir/<mode>-<key of the config>``; an interrupted run resumes from its latest checkpoint.
+    ``progress``: flyt.training's (a bar over the steps)."""
+    run_dir = scorer_run_dir(config, runs_dir)
     if (run_dir / "scorer.pt").is_file():
         log(f"{config['mode']}: cached in {run_dir}")
         return run_dir / "scorer.pt"
     resume = (run_dir / "checkpoints" / "latest.pt").is_file()
     t = time.perf_counter()
-    path = train({**config, "out": str(run_dir)}, resume=resume, progress=False)
+    path = train({**config, "out": str(run_dir)}, resume=resume, progress=progress)
     log(f"{config['mode']}: trained {config['steps']} steps in {time.perf_counter() - t:.1f}s")
     return Path(path)
 
@@ -60,14 +66,19 @@ class StudentRuns:
                         length=16)
         return self.dir / f"{key}.json"
 
-    def evaluate(self, runs: list, tasks: list[Task], split: str) -> list[dict]:
+    def todo(self, runs: list, split: str) -> int:
+        """How many of ``runs`` evaluate() would train (the others are cached)."""
+        return sum(not self._path(idx, seed, split).is_file() for idx, seed in runs)
+
+    def evaluate(self, runs: list, tasks: list[Task], split: str, progress=None) -> list[dict]:
         """Per-task accuracies on the tasks' ``split`` (validation or test) and their average, for each
-        ``(indices, seed)`` in ``runs``."""
+        ``(indices, seed)`` in ``runs``. ``progress`` (a flyt.progress.Progress) advances by the samples
+        the trained students see (``samples_seen`` each; cached ones add nothing)."""
         paths = [self._path(idx, seed, split) for idx, seed in runs]
         todo = [i for i, p in enumerate(paths) if not p.is_file()]
         self.trained, self.cached = self.trained + len(todo), self.cached + len(runs) - len(todo)
         if todo:
-            trained = train_students(self.raw.image, self.raw.text, [runs[i] for i in todo], self.config)
+            trained = train_students(self.raw.image, self.raw.text, [runs[i] for i in todo], self.config, progress)
             for i, student in zip(todo, trained):
                 write_json(evaluate(student, tasks, split=split), paths[i])
         return [json.loads(p.read_text()) for p in paths]

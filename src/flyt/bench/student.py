@@ -114,14 +114,18 @@ def batches(indices: np.ndarray, config: StudentConfig, seed: int):
 
 
 def train_student(
-    image: np.ndarray, text: np.ndarray, indices: np.ndarray, config: StudentConfig = StudentConfig(), seed: int = 0
+    image: np.ndarray, text: np.ndarray, indices: np.ndarray, config: StudentConfig = StudentConfig(), seed: int = 0,
+    progress=None,
 ) -> Student:
     """Train a student on rows ``indices`` (a multiset) of the pool's (image, text) embeddings."""
-    return train_students(image, text, [(indices, seed)], config)[0]
+    return train_students(image, text, [(indices, seed)], config, progress)[0]
 
 
-def train_students(image: np.ndarray, text: np.ndarray, runs: list, config: StudentConfig = StudentConfig()) -> list[Student]:
-    """Train one student per ``(indices, seed)`` in ``runs``, all in lockstep.
+def train_students(image: np.ndarray, text: np.ndarray, runs: list, config: StudentConfig = StudentConfig(),
+                   progress=None) -> list[Student]:
+    """Train one student per ``(indices, seed)`` in ``runs``, all in lockstep. ``progress`` (a
+    flyt.progress.Progress, or None) advances by the samples seen, summed over the students: each
+    step, K x the batch's rows, so a whole call advances it by K x ``samples_seen``.
 
     The students are independent (own data order, own initialisation, own AdamW moments: AdamW is
     elementwise, so one optimizer over the stacked weights is K separate ones); stacking them turns
@@ -165,6 +169,8 @@ def train_students(image: np.ndarray, text: np.ndarray, runs: list, config: Stud
         opt.step()
         with torch.no_grad():
             scale.clamp_(0.0, config.max_logit_scale)
+        if progress is not None:
+            progress.update(rows.numel())
     with torch.no_grad():
         for k, m in enumerate(models):
             m.image_proj.weight.copy_(w_img[k].T)

@@ -3,7 +3,11 @@
 - ``openmoji_groups``: OpenMoji emoji (an art style absent from the pool) by emoji group;
 - ``fluent_subgroups``: Microsoft Fluent flat emoji (also absent from the pool) by subgroup;
 - ``fashion_mnist``: Fashion-MNIST clothing photos (out-of-domain for an emoji/clip-art pool);
-- ``digits``: scikit-learn's 8x8 handwritten digits (out-of-domain).
+- ``digits``: scikit-learn's 8x8 handwritten digits (out-of-domain);
+- ``emoji_names``: the general task (the paper's ImageNet, in miniature): 794 emoji, each drawn by
+  EmojiOne 2.x and EmojiOne 1.x (sets in neither the pool nor any other task) -> the emoji's Unicode name
+  ("admission tickets", "neutral face", "videocassette"); one drawing of each class trains, the other
+  tests (flyt.bench.assets._source_general_emoji says which emoji are left out, and why).
 Train/test splits are stratified and fixed by seed. Only evaluation may read test splits.
 """
 
@@ -135,6 +139,12 @@ def build_task_specs(cache, seed: int = 0, test_fraction: float = 0.5, limit: in
     labels = np.asarray([int(g) for g in dg.column("group").to_pylist()])
     images = dg.column("image").to_pylist()
     specs.append(_split_spec("digits", DIGIT_NAMES, DIGIT_TEMPLATES, images, labels, test_fraction, seed))
+
+    general = load_rendered(cache, "general_emoji")
+    if limit and general.num_rows > limit:  # its rows come in pairs (both drawings of an emoji): keep pairs
+        general = general.slice(0, limit)
+    names, imgs, labels = _by_label(general, "group", min_count=2)  # a class needs a drawing on each side
+    specs.append(_split_spec("emoji_names", names, EMOJI_TEMPLATES, imgs, labels, test_fraction, seed))
     return specs
 
 

@@ -18,22 +18,26 @@ from flyt.bench.student import StudentConfig, train_student
 from flyt.io.atomic import write_json
 from flyt.io.pool import write_pool_shard
 from flyt.io.tasks import Task, write_task
+from flyt.progress import Progress
 
 SEED = 12345
 SHARDS = 4
 
 
 def teacher_space(raw, text: pa.ChunkedArray, tasks: list[Task], config: StudentConfig, out: Path,
-                  log: Callable[[str], None]) -> None:
+                  log: Callable[[str], None], progress: bool | None = False, seed: int = SEED) -> None:
     """Train the teacher on every pool row and write ``out/pool`` (uid, both embeddings in its space,
     the caption ``text``) and ``out/tasks/<name>`` (prompts and the train split only: validation and
-    test stay unseen). ``out/done.json`` marks a finished space, which a later call reuses."""
+    test stay unseen). ``out/done.json`` marks a finished space, which a later call reuses.
+    ``progress`` (flyt.progress's show): a bar over the teacher's samples seen; ``seed``: the teacher's
+    (the caller names ``out`` by it)."""
     out = Path(out)
     done = out / "done.json"
     if done.is_file():
         log("teacher space cached")
         return
-    teacher = train_student(raw.image, raw.text, np.arange(len(raw)), config, seed=SEED)
+    with Progress(config.samples_seen, "teacher", unit="sample", show=progress, scale=True) as bar:
+        teacher = train_student(raw.image, raw.text, np.arange(len(raw)), config, seed=seed, progress=bar)
     with torch.no_grad():
         img = teacher.encode_image(torch.from_numpy(raw.image)).numpy()
         txt = teacher.encode_text(torch.from_numpy(raw.text)).numpy()

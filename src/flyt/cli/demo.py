@@ -1,4 +1,4 @@
-"""flyt demo [--quick] [--out DIR]"""
+"""flyt demo [--quick] [--out DIR] [--cache DIR] [--no-progress]"""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="flyt-demo", help="output directory (default: ./flyt-demo)")
     p.add_argument("--quick", action="store_true", help="fewer training steps and a smaller search (same data)")
     p.add_argument("--cache", default=None, help="asset and embedding cache (default: $FLYT_CACHE or ~/.cache/flyt)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (default: a bar per long stage on a terminal, a line every ~10%% otherwise)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from flyt.api.demo import demo
 
-    result = demo(out=args.out, quick=args.quick, cache=args.cache)
+    result = demo(out=args.out, quick=args.quick, cache=args.cache, progress=not args.no_progress)
     print(result.markdown.read_text())
     return 0

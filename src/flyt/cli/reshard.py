@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
         "workers, the engine or the order of the inputs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--subset", required=True, metavar="SUBSET.npy", help="DataComp subset (.npy of sorted uid pairs)")
+    p.add_argument("--subset", required=True, metavar="SUBSET.npy", help="DataComp subset (.npy of sorted uid pairs), or the parts form of "
+                   "flyt sample --part-rows (its directory or manifest.json), read part by part")
     p.add_argument("--shards", required=True, nargs="+", action="extend", metavar="PATTERN",
                    help="input tars: brace pattern (shards/{00000000..00000127}.tar), glob or directory")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (new, or one this reshard started)")

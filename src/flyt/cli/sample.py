@@ -47,14 +47,32 @@ def add_parser(subparsers) -> None:
     p.add_argument("--part-rows", type=int, metavar="R",
                    help="write the subset as a directory --out of sorted .npy parts of R rows (contiguous uid ranges: "
                    "their concatenation is the single file) plus manifest.json (parts, rows, sha256 of the rows); for "
-                   "subsets too large for one file (xlarge). flyt.io.subsets.read_subset reads either form")
+                   "subsets too large for one file (xlarge). flyt reshard and flyt.subset_stream read either form, part by part")
     p.add_argument("--max-memory", metavar="SIZE",
                    help="memory for the draw (default 8G; 512M, 16G, ...). A draw whose estimate (8 B per pool row + "
                    "32 B per drawn uid) is larger runs out of core: each worker holds one shard, each shard's drawn uids "
-                   "are spilled as a sorted run to a temporary directory beside --out, and the driver holds the firings "
-                   "near the level (a few %% of T x 16 B), fingerprint ranges sorted in about SIZE/2 for the duplicate "
-                   "check, then one block per run in the streaming merge (about SIZE/2); needs disk for ~40 B per pool row. "
+                   "are spilled as a sorted run to a temporary directory (beside --out, or in --spill-dir), the driver "
+                   "holds the firings near the level (a few %% of T x 19 B) and 8 KB per shard, and the duplicate check "
+                   "and the merge run as tasks by fingerprint range and by uid range (local processes or Ray tasks, "
+                   "--workers at a time), each holding about SIZE / (2 x workers); needs disk for ~40 B per pool row. "
                    "The subset is the same either way (not for --batch, which runs in memory)")
+    p.add_argument("--spill-dir", metavar="DIR",
+                   help="an existing directory for the files of a draw that spills (see --max-memory; default: beside "
+                   "--out); a temporary directory inside it is removed at the end. With --engine ray on a cluster it must be "
+                   "a path every node can reach (shared storage): Ray tasks on every node write and read the spilled runs there")
+    p.add_argument("--groups", metavar="SCORES_DIR:COLUMN",
+                   help="scs/hcs: count copies per group, not per uid: every draw of any member of a group raises the "
+                   "group's count, so --penalty and --cap act on the group (e.g. scores/dedup:dedup_group from the dedup "
+                   "scorer; an integer or string column, joined by uid; every row needs one). Exact and shard-invariant: "
+                   "the race runs over one row per group (its score temp*logsumexp(s/temp) over the members) and each "
+                   "group's copies go to its members multinomially by exp(s/temp). Singleton groups give plain scs/hcs")
+    p.add_argument("--exclude", action="append", metavar="RULE",
+                   help="drop rows before any method runs when COLUMN OP VALUE holds (OP: > >= < <= == !=; repeat for "
+                   "several, a row matching any is dropped), e.g. 'contamination_max>0.9' (near copies of test images) or "
+                   "'dedup_keep==0' (all but each duplicate group's representative). VALUE compares in the column's dtype; "
+                   "the summary reports the rows excluded. Same result as removing the rows from the pool first")
+    p.add_argument("--exclude-scores", action="append", metavar="DIR",
+                   help="score directories holding --exclude columns that --scores lacks (joined by uid; repeatable)")
     p.set_defaults(func=run)
 
 

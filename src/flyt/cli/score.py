@@ -31,7 +31,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--scorer", required=True, nargs="+", action="extend", metavar="NAME|PATH",
                    help="scorer name(s) or scorer.pt path(s); each writes its own column(s)")
     p.add_argument("--tasks", nargs="+", action="extend", default=[], metavar="DIR",
-                   help="downstream task directories (normsim_2, normsim_inf, classifier, image_based)")
+                   help="downstream task directories (normsim_2, normsim_inf, classifier, image_based; "
+                   "contamination reads their test.parquet)")
     p.add_argument("--scores", nargs="+", action="extend", default=[], metavar="DIR",
                    help="extra score directories, joined by uid, for M-FLYT input columns not in the pool")
     p.add_argument("--workers", type=int, default=1,
@@ -51,6 +52,18 @@ def add_parser(subparsers) -> None:
     p.add_argument("--save-classifier", default=None, metavar="PATH", help="classifier: save the probe (.npz) for reuse")
     p.add_argument("--classifier-negatives", type=int, default=d.classifier_negatives,
                    help="classifier: pool rows sampled as negatives")
+    p.add_argument("--dedup-embedding", choices=["image", "image+text"], default=d.dedup_embedding,
+                   help="dedup: the embedding compared (image+text: both unit embeddings concatenated / sqrt(2))")
+    p.add_argument("--dedup-clusters", type=int, default=d.dedup_clusters, help="dedup: k-means clusters (SemDeDup's k)")
+    p.add_argument("--dedup-threshold", type=float, default=d.dedup_threshold,
+                   help="dedup: rows with cosine >= this are linked; groups are the connected components")
+    p.add_argument("--dedup-max-cluster", type=int, default=d.dedup_max_cluster,
+                   help="dedup: clusters with more rows are split by k-means (exact duplicates kept together)")
+    p.add_argument("--dedup-sample", type=int, default=d.dedup_sample, help="dedup: pool rows the k-means is fitted on")
+    p.add_argument("--dedup-hash", default=d.dedup_hash, metavar="COLUMN|auto|none",
+                   help="dedup: pool column of image hashes whose equal values always group (auto: sha256 when present)")
+    p.add_argument("--dedup-spill", default=d.dedup_spill, metavar="DIR",
+                   help="dedup: directory for its temporary files, ~2 bytes x dim + 48 a row (none given: inside --out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

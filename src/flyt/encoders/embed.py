@@ -41,7 +41,7 @@ def embed_pairs(table: pa.Table, images: list[bytes], encoder: CachedEncoder, ou
     check_unique(uids_to_pairs(uids.astype(str), where), uids.astype(str), where)
     keep = [c for c in table.column_names if c not in ("image", "uid", "image_embedding", "text_embedding")]
     n = table.num_rows
-    with atomic_dir(out_dir) as tmp:  # the pool directory holds exactly this one shard set
+    with encoder.stage("embed: pool", images, texts), atomic_dir(out_dir) as tmp:  # exactly this one shard set
         for k, start in enumerate(range(0, n, shard_rows)):
             stop = min(n, start + shard_rows)
             img = encoder.images(images[start:stop], where)
@@ -77,9 +77,11 @@ def embed_task(out_dir, classnames: list[str], templates: list[str], splits: dic
         if bad.size:
             raise FlytError(f"task split {name}: row {int(bad[0])}: label {labels[bad[0]]} out of range "
                             f"for {len(classnames)} classes")
-    embedded = {name: (encoder.images(list(images), f"task split {name}"), np.asarray(labels, dtype=np.int64))
-                for name, (images, labels) in splits.items()}
-    emb = encoder.texts(prompt_texts(classnames, templates))
+    prompts = prompt_texts(classnames, templates)
+    with encoder.stage(f"embed: task {out_dir.name}", [b for images, _ in splits.values() for b in images], prompts):
+        embedded = {name: (encoder.images(list(images), f"task split {name}"), np.asarray(labels, dtype=np.int64))
+                    for name, (images, labels) in splits.items()}
+        emb = encoder.texts(prompts)
     prompts = emb.reshape(len(templates), len(classnames), emb.shape[1])
     with atomic_dir(out_dir) as tmp:
         write_task(tmp, classnames, templates, prompts, embedded, extra)

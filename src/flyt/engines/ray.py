@@ -6,18 +6,25 @@ huge pools. If Ray is not initialised yet, this starts it: connecting to the clu
 ``RAY_ADDRESS`` when set, else a local Ray with ``num_cpus=workers``; ``FLYT_RAY_LOCAL_MODE=1``
 uses Ray's serial local mode (debugging). A Ray started here is shut down when the iteration ends.
 ``fn`` may be any picklable callable (a module-level function, a builtin, a functools.partial).
+
+On a cluster, tasks are spread over the nodes (Ray's ``SPREAD`` strategy: per-shard work is I/O and
+memory as much as CPU), and every path a task reads or writes must be on storage every node reaches.
+``tasks_per_node`` counts the tasks each node ran (node id -> tasks, since import), so a caller can
+see where the work went.
 """
 
 from __future__ import annotations
 
 import os
-from collections import deque
+from collections import Counter, deque
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from flyt.errors import require
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+tasks_per_node: Counter = Counter()
 
 
 def _init(ray, workers: int) -> bool:
@@ -36,7 +43,9 @@ def _init(ray, workers: int) -> bool:
 
 def _call(fn, item):
     # One generic remote function: ray.remote rejects builtins and partials, pickle does not.
-    return fn(item)
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), fn(item)
 
 
 def map_shards(fn: Callable[[T], R], items: Iterable[T], workers: int = 1) -> Iterator[R]:
@@ -47,7 +56,7 @@ def map_shards(fn: Callable[[T], R], items: Iterable[T], workers: int = 1) -> It
         return
     started = _init(ray, workers)
     try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(_call)
+        remote = ray.remote(num_cpus=1, max_retries=0, scheduling_strategy="SPREAD")(_call)
         pending = deque()
         it = iter(items)
 
@@ -62,9 +71,10 @@ def map_shards(fn: Callable[[T], R], items: Iterable[T], workers: int = 1) -> It
             ref = pending.popleft()
             submit_next()  # keep the window full while we wait
             try:
-                result = ray.get(ref)
+                node, result = ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
                 raise exc.as_instanceof_cause() from None  # the task's own exception type, like local
+            tasks_per_node[node] += 1
             yield result
     finally:
         if started:

@@ -47,11 +47,11 @@ def embedding_matrix(table: pa.Table, column: str, where: str, dim: int | None =
 
 
 def float_column(table: pa.Table, column: str, where: str) -> np.ndarray:
-    """A numeric column -> float64 vector, validated (present, no nulls, finite)."""
+    """A numeric (or boolean: 0/1) column -> float64 vector, validated (present, no nulls, finite)."""
     if column not in table.column_names:
         raise FlytError(f"{where}: missing column '{column}' (have: {', '.join(table.column_names)})")
     col = table.column(column)
-    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)):
         raise FlytError(f"{where}: column '{column}' must be numeric, found {col.type}")
     if col.null_count:
         r = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])

@@ -22,10 +22,12 @@ from flyt.io.uids import uids_to_pairs
 
 
 def score_table(uids, columns: dict[str, np.ndarray]) -> pa.Table:
-    """uid + float32 score columns."""
+    """uid + float32 score columns; integer and boolean columns (dedup's group ids, sizes and flags)
+    keep their dtype."""
     data = {"uid": pa.array(np.asarray(uids), type=pa.string())}
     for name, values in columns.items():
-        data[name] = pa.array(np.asarray(values, dtype=np.float32))
+        values = np.asarray(values)
+        data[name] = pa.array(values if values.dtype.kind in "iub" else values.astype(np.float32))
     return pa.table(data)
 
 

@@ -13,8 +13,10 @@ kept ones are read with one seek each, and copy k of uid u is pushed into a shuf
 the end the rest comes out in random order. Everything is deterministic for (seed, epoch, reader).
 
 Memory. At most ``buffer`` samples are held (``stats['peak_buffer']`` records the most held; the
-copies of one sample share their bytes), plus one tar's headers. The subset is memory-mapped and
-searched by binary search, not loaded.
+copies of one sample share their bytes), plus one tar's headers. The subset, a ``.npy`` or the parts
+form of ``flyt sample --part-rows`` (its directory or manifest.json), is memory-mapped part by part and
+searched by binary search, never loaded (``flyt.io.subsets.open_subset``); the constructor reads it once,
+block by block, to check its order.
 
 Workers. Inside a torch ``DataLoader`` worker the stream notices it (``get_worker_info``, only
 when torch is already imported) and takes every ``num_workers``-th tar from position ``id``; for
@@ -53,7 +55,7 @@ from typing import Iterator
 import numpy as np
 
 from flyt.errors import FlytError
-from flyt.io.subsets import read_subset
+from flyt.io.subsets import open_subset
 from flyt.io.tars import read_at, sample_uids, scan_tar
 from flyt.io.webdataset import list_tars
 
@@ -79,7 +81,7 @@ class SubsetStream:
         if not 0 <= rank < world_size:
             raise FlytError(f"subset_stream: rank must lie in [0, {world_size}), got {rank!r}")
         self.subset = Path(subset).resolve()
-        read_subset(self.subset)  # dtype and order checked once, here
+        open_subset(self.subset, check=True)  # dtype and order checked once, here
         self.tars = sorted({str(Path(p).resolve()) for p in list_tars(shards, "subset_stream shards")})
         self.seed, self.buffer, self.shard_shuffle = int(seed), int(buffer), bool(shard_shuffle)
         self.rank, self.world_size, self.epoch = int(rank), int(world_size), int(epoch)
@@ -102,13 +104,12 @@ class SubsetStream:
         return order[position::count]
 
     def _copies(self, tars: list[str]) -> Iterator[dict]:
-        sub = np.load(self.subset, mmap_mode="r", allow_pickle=False)
+        sub = open_subset(self.subset, check=False)
         for path in tars:
             samples = scan_tar(path)
             with open(path, "rb", buffering=0) as f:
                 pairs, has_uid = sample_uids(samples, f, path)
-                lo = np.searchsorted(sub, pairs, side="left")
-                count = np.searchsorted(sub, pairs, side="right") - lo
+                _, count = sub.locate(pairs)
                 self.stats["tars"] += 1
                 for i in np.flatnonzero(has_uid & (count > 0)).tolist():
                     s = samples[i]

@@ -169,35 +169,143 @@ def read_manifest(path) -> tuple[Path, dict]:
     return directory, manifest
 
 
-def read_subset(path, mmap: bool = True) -> np.ndarray:
-    """A subset, validated: DataComp's dtype, one dimension, sorted. A ``.npy`` is memory-mapped by
-    default; the parts form (a directory or its manifest.json) is read part by part and returned as one
-    array in memory (each part validated, and the parts in order across their boundaries)."""
-    path = Path(path)
-    if is_parts(path):
-        directory, manifest = read_manifest(path)
-        arrays = []
-        for p in manifest["parts"]:
-            arr = read_subset(directory / p["file"], mmap=True)
-            if len(arr) != int(p["rows"]):
-                raise FlytError(f"{directory / p['file']}: {len(arr)} rows, the manifest says {p['rows']}")
-            if arrays and len(arr) and len(arrays[-1]) and _before(arr[0], arrays[-1][-1]):
-                raise FlytError(f"{directory / p['file']}: subset is not sorted (its first row is before the previous part's last)")
-            arrays.append(arr)
-        return np.concatenate(arrays) if arrays else np.zeros(0, UID_DTYPE)
+class Subset:
+    """A subset in either form, opened for streaming: part by part, block by block, never whole.
+
+    ``rows`` in all; ``parts``: (path, rows, data offset) of each file in uid order (one for a ``.npy``);
+    ``sha256``: the identity ``open_subset(..., digest=True)`` computed (``.npy``: the file's bytes; parts:
+    the concatenated rows, checked against the manifest's), else None. Picklable (memory maps are
+    reopened where it is unpickled)."""
+
+    def __init__(self, path: Path, form: str, parts: list[tuple[str, int, int]], sha256: str | None = None):
+        self.path, self.form, self.parts, self.sha256 = path, form, parts, sha256
+        self.rows = sum(n for _, n, _ in parts)
+        self.starts = np.cumsum([0] + [n for _, n, _ in parts[:-1]], dtype=np.int64)
+        self._lasts = None
+        self._maps = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_maps": {}}
+
+    def blocks(self, rows: int = CHUNK_ROWS):
+        """The rows in uid order, ``rows`` at a time (never crossing a part), read with ``np.fromfile``
+        (a memory map's touched pages would count as this process's memory)."""
+        for path, n, offset in self.parts:
+            yield from _blocks(path, n, offset, rows)
+
+    def _map(self, k: int) -> np.ndarray:
+        if k not in self._maps:
+            path, n, offset = self.parts[k]
+            self._maps[k] = np.memmap(path, dtype=UID_DTYPE, mode="r", offset=offset, shape=(n,))
+        return self._maps[k]
+
+    def locate(self, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each uid pair: the first subset row holding it (or where it would go) and how many rows hold
+        it (its copies; a uid's copies may run across parts). Binary search in memory maps of the parts the
+        pairs fall in: only the pages the search touches are read."""
+        pairs = np.asarray(pairs, dtype=UID_DTYPE)
+        if self._lasts is None:  # the last row of every non-empty part: which part a uid's first/last copy is in
+            self._lasts = np.array([self._map(k)[-1] if n else np.zeros((), UID_DTYPE)
+                                    for k, (_, n, _) in enumerate(self.parts)], dtype=UID_DTYPE)
+            self._nonempty = np.flatnonzero([n > 0 for _, n, _ in self.parts])
+        bounds = []
+        for side in ("left", "right"):
+            out = np.full(len(pairs), self.rows, dtype=np.int64)
+            lasts = self._lasts[self._nonempty]
+            which = np.searchsorted(lasts, pairs, side=side)  # first part whose last row is >= (> for right) the uid
+            for j in np.unique(which):
+                if j == len(lasts):
+                    continue
+                k = int(self._nonempty[j])
+                sel = which == j
+                out[sel] = self.starts[k] + np.searchsorted(self._map(k), pairs[sel], side=side)
+            bounds.append(out)
+        lo, hi = bounds
+        return lo, hi - lo
+
+
+def _blocks(path: str, n: int, offset: int, rows: int = CHUNK_ROWS):
+    for i in range(0, n, rows):
+        yield np.fromfile(path, dtype=UID_DTYPE, count=min(rows, n - i), offset=offset + 16 * i)
+
+
+def _npy_part(path: Path) -> tuple[int, int]:
+    """(rows, data offset) of a subset ``.npy``, its header checked (dtype, one dimension)."""
     try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise FlytError(f"{path}: not a readable .npy subset ({exc})") from None
     if arr.dtype != UID_DTYPE or arr.ndim != 1:
         raise FlytError(f"{path}: a subset must be a 1-D array of dtype {UID_DTYPE.descr}, found {arr.dtype.descr} {arr.shape}")
-    step = 1 << 24
-    for i in range(0, max(len(arr) - 1, 0), step):
-        a, b = arr[i : i + step + 1]["f0"], arr[i : i + step + 1]["f1"]
-        bad = (a[1:] < a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] < b[:-1]))
-        if bad.any():
-            raise FlytError(f"{path}: subset is not sorted (row {i + int(np.argmax(bad)) + 1})")
-    return arr
+    return len(arr), int(arr.offset)
+
+
+def open_subset(path, check: bool = True, digest: bool = False) -> Subset:
+    """A subset, either form (a ``.npy``, or a parts directory or its manifest.json), its headers checked.
+
+    ``check``: read every row once, block by block, and fail (one line naming the file and row) if the
+    rows are not in uid order, within a file or across parts. ``digest``: in the same pass compute
+    ``sha256`` (``.npy``: of the file's bytes; parts: of the rows, which must equal the manifest's)."""
+    path = Path(path)
+    if is_parts(path):
+        directory, manifest = read_manifest(path)
+        parts = []
+        for p in manifest["parts"]:
+            file = directory / p["file"]
+            n, offset = _npy_part(file)
+            if n != int(p["rows"]):
+                raise FlytError(f"{file}: {n} rows, the manifest says {p['rows']}")
+            parts.append((str(file), n, offset))
+        subset = Subset(directory, "parts", parts)
+    else:
+        n, offset = _npy_part(path)
+        subset = Subset(path, "npy", [(str(path), n, offset)])
+    if check or digest:
+        subset.sha256 = _scan(subset, digest)
+        if digest and subset.form == "parts" and subset.sha256 != manifest.get("sha256"):
+            raise FlytError(f"{directory / MANIFEST}: the parts' rows do not match its sha256 (a part was changed or replaced)")
+    return subset
+
+
+def _scan(subset: Subset, digest: bool) -> str | None:
+    """Check the order of every row (block by block, across blocks and parts); the sha256 when asked."""
+    sha = hashlib.sha256() if digest else None
+    prev = None
+    for path, n, offset in subset.parts:
+        if sha is not None and subset.form == "npy":
+            with open(path, "rb") as f:
+                sha.update(f.read(offset))  # the file's bytes: header first
+        row = 0
+        for block in _blocks(path, n, offset):
+            if sha is not None:
+                sha.update(block.tobytes())
+            if len(block) and prev is not None and _before(block[0], prev):
+                if row == 0:
+                    raise FlytError(f"{path}: subset is not sorted (its first row is before the previous part's last)")
+                raise FlytError(f"{path}: subset is not sorted (row {row})")
+            a, b = block["f0"], block["f1"]
+            bad = (a[1:] < a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] < b[:-1]))
+            if bad.any():
+                raise FlytError(f"{path}: subset is not sorted (row {row + int(np.argmax(bad)) + 1})")
+            if len(block):
+                prev = block[-1]
+            row += len(block)
+        if sha is not None and subset.form == "npy":
+            with open(path, "rb") as f:
+                f.seek(offset + 16 * n)
+                for rest in iter(lambda: f.read(1 << 23), b""):  # whatever follows the rows (file_sha256 hashes it too)
+                    sha.update(rest)
+    return sha.hexdigest() if sha is not None else None
+
+
+def read_subset(path, mmap: bool = True) -> np.ndarray:
+    """A subset as one array, validated (dtype, one dimension, sorted): a ``.npy`` memory-mapped by default;
+    the parts form (a directory or its manifest.json) read part by part into one array in memory.
+    To stream either form without holding it, use ``open_subset``."""
+    subset = open_subset(path, check=True)
+    if subset.form == "npy":
+        return np.load(subset.path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    return np.concatenate(list(subset.blocks())) if subset.rows else np.zeros(0, UID_DTYPE)
 
 
 def _before(a, b) -> bool:

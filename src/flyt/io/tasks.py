@@ -43,7 +43,7 @@ class Task:
     classnames: list[str]
     templates: list[str]
     prompts: np.ndarray  # (n_templates, n_classes, d_txt) float32, L2-normalised
-    train: Split
+    train: Split | None  # None only for a task loaded test_only (held-out tasks have no train split)
     test: Split | None
     validation: Split | None = None
 
@@ -110,8 +110,9 @@ def _read_split(path: Path, num_classes: int, image_dim: int | None) -> Split:
     return Split(images, labels)
 
 
-def load_task(directory, image_dim: int | None = None, text_dim: int | None = None) -> Task:
-    """Read and validate one task directory."""
+def load_task(directory, image_dim: int | None = None, text_dim: int | None = None, test_only: bool = False) -> Task:
+    """Read and validate one task directory. ``test_only``: read the prompts and ``test.parquet``
+    only (it must exist); ``train`` is None and no train file is opened."""
     root = Path(directory)
     if not root.is_dir():
         raise FlytError(f"task directory {root} does not exist")
@@ -142,8 +143,10 @@ def load_task(directory, image_dim: int | None = None, text_dim: int | None = No
     if missing.size:
         t, c = missing[0]
         raise FlytError(f"{prompts_path}: no prompt embedding for template {t} and class {c} ({classnames[c]!r})")
-    train = _read_split(root / "train.parquet", C, image_dim)
     test_path = root / "test.parquet"
+    if test_only:
+        return Task(root.name, classnames, templates, prompts, None, _read_split(test_path, C, image_dim))
+    train = _read_split(root / "train.parquet", C, image_dim)
     test = _read_split(test_path, C, train.images.shape[1]) if test_path.is_file() else None
     return Task(root.name, classnames, templates, prompts, train, test)
 

@@ -49,7 +49,7 @@ def build_model(kind: str, model_config: dict) -> torch.nn.Module:
         return SwiGLUScorer(**model_config)
     if kind == "mflyt":
         return ScoreMixer(model_config["columns"], model_config["mean"], model_config["std"],
-                          bias=bool(model_config.get("bias", False)))
+                          bias=bool(model_config.get("bias", False)), clip=model_config.get("clip"))
     raise FlytError(f"unknown scorer kind {kind!r}")
 
 

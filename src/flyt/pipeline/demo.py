@@ -9,6 +9,9 @@ Protocol (DataComp's, in miniature; see docs/demo.md):
 - Each task's *train* split is cut into fit (75%) and validation (25%). FLYT/M-FLYT and the scorers that
   read downstream data (NormSim, classifier, image-based) see only fit; fractions and SCS penalties are
   chosen by a student's average accuracy on validation; test splits are read only for the final table.
+- The held-out tasks (flyt.bench.heldout: no train split) are read only by the final evaluation, after
+  every option was chosen; the table reports FLYT's tasks, the held-out tasks and all tasks (DataComp's
+  headline) as three averages.
 - The teacher (for CLIP-score-style baselines, and the shared space FLYT's scorer and reference model
   work in) is a locked-tower CLIP trained on the whole unfiltered pool, like DFN-Base / a pool CLIP.
 - Students train on the frozen towers' own embeddings (not the teacher's) for a fixed samples-seen
@@ -18,6 +21,7 @@ Protocol (DataComp's, in miniature; see docs/demo.md):
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,28 +29,33 @@ from typing import Callable
 
 import numpy as np
 
-from flyt.bench.evaluate import defect_auc, summarise_seeds
+from flyt.bench.evaluate import defect_auc, group_averages, summarise_seeds
 from flyt.bench.protocol import (
     BASELINE_SCORERS,
     MIX_INPUTS,
     benchmark_key,
     best_option,
+    load_heldout_tasks,
     load_tasks,
     pool_metadata,
     split_validation,
 )
 from flyt.bench.report import write_report
-from flyt.bench.results import results_markdown, verdict
+from flyt.bench.results import all_comparisons, results_markdown, verdict
 from flyt.bench.runs import StudentRuns, mixer_weights, train_scorer
 from flyt.bench.strategies import DrawContext, Strategy, demo_strategies
 from flyt.bench.student import StudentConfig
+from flyt.bench.teacher import SEED as TEACHER_SEED
 from flyt.bench.teacher import teacher_space
 from flyt.errors import FlytError
 from flyt.io.atomic import write_json, write_text
+from flyt.io.cache import cache_key
 from flyt.io.pool import PoolArrays, load_pool
 from flyt.io.scores import ScoreDirs
 from flyt.io.tasks import Task
+from flyt.pipeline.demo_plan import demo_plan, plan_lines
 from flyt.pipeline.score import score_pool
+from flyt.progress import Progress, printing
 from flyt.scorers.registry import ScorerOptions
 
 
@@ -58,6 +67,11 @@ class DemoConfig:
     bench_dir: Path | None = None  # an already built benchmark (pool/, tasks/, benchmark.json); default: build it
     seeds: tuple = (0, 1, 2)
     validation_seed: int = 100
+    # Student seeds of the validation choice: each option's validation average is the mean over them
+    # (() = just validation_seed). More than one keeps a lucky student from choosing the option.
+    validation_seeds: tuple = ()
+    # Seeds the teacher, FLYT and M-FLYT (0: the demo's own; benchmarks/demo_robustness.py runs 0, 1, 2).
+    pipeline_seed: int = 0
     validation_fraction: float = 0.25
     # Grids placed where validation chose in earlier runs (fraction 0.1 and penalty 0.5 were never chosen;
     # fraction 0.5 and penalty 0.02, the old edges, often were). Edges are still chosen: docs/demo.md.
@@ -76,6 +90,11 @@ class DemoConfig:
     # larger steps (chosen on the validation split, see docs/demo.md).
     scorer_lr: float = 1e-2
     reference_lr: float = 1e-3
+    # M-FLYT's inputs as z-scores clipped to [-3, 3] (flyt.models.mixing; None: plain z-scores). A
+    # few outliers of a near-constant score (caption_non_latin) no longer set its weight (docs/demo.md).
+    mflyt_score_clip: float | None = 3.0
+    # flyt.progress's show: each long stage's bar on a terminal, a line every ~10% otherwise; False: none
+    progress: bool | None = True
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -90,7 +109,9 @@ class Log:
         self.printer, self.t0 = printer, time.perf_counter()
 
     def __call__(self, msg: str) -> None:
-        self.printer(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}")
+        with printing():  # a bar on screen is cleared first and drawn again after
+            self.printer(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}")
+            sys.stdout.flush()  # before the next progress line on stderr, when both go to one file
 
 
 def run_demo(cfg: DemoConfig, printer=print) -> dict:
@@ -99,6 +120,8 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
+    for line in plan_lines(demo_plan(cfg, scorer_config, _task_dirs)):  # what it will do, how long, what is cached
+        log(line)
 
     # 1. The benchmark: real images and captions through the two frozen towers (cached).
     t = time.perf_counter()
@@ -114,8 +137,9 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
     # teacher's and split's settings): a rebuilt benchmark in the same --out never meets stale scores.
     t = time.perf_counter()
     key = benchmark_key(bench_dir, cfg.teacher, cfg.validation_seed, cfg.validation_fraction)
-    teacher_dir = out / f"teacher-{key}"
-    teacher_space(raw, meta.column("text"), tasks, cfg.teacher, teacher_dir, log)
+    teacher_dir = out / f"teacher-{pipeline_key(key, cfg)}"
+    teacher_space(raw, meta.column("text"), tasks, cfg.teacher, teacher_dir, log, cfg.progress,
+                  seed=TEACHER_SEED + cfg.pipeline_seed)
     timings["teacher"] = time.perf_counter() - t
     teacher_pool, teacher_tasks = teacher_dir / "pool", _task_dirs(teacher_dir)
 
@@ -125,25 +149,26 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
     options = ScorerOptions(clusters=max(8, len(raw) // 128), kmeans_sample=len(raw),
                             negclip_batch_size=min(1024, len(raw) // ScorerOptions.negclip_batches + 1),
                             classifier_negatives=min(20_000, len(raw)))
-    score_dirs = {"baselines": out / "scores" / f"baselines-{key}"}
+    score_dirs = {"baselines": out / "scores" / f"baselines-{pipeline_key(key, cfg)}"}
     done = score_pool(teacher_pool, score_dirs["baselines"], BASELINE_SCORERS, options, tasks=teacher_tasks,
-                      progress=False)
+                      progress=cfg.progress, desc="score: baselines")
     timings["baseline_scores"] = time.perf_counter() - t
     log("baseline scores written" if done.scored else "baseline scores cached")
 
     # 4. FLYT on the teacher's embeddings; 5. M-FLYT over all scores (FLYT's included). Runs and their
     # scores live in directories named by their settings, so --quick and full runs never share them.
     t = time.perf_counter()
-    flyt_pt = train_scorer(scorer_config(cfg, "flyt", teacher_pool, teacher_tasks), out / "runs", log)
+    flyt_pt = train_scorer(scorer_config(cfg, "flyt", teacher_pool, teacher_tasks), out / "runs", log, cfg.progress)
     score_dirs["flyt"] = out / "scores" / flyt_pt.parent.name
-    score_pool(teacher_pool, score_dirs["flyt"], [str(flyt_pt)], progress=False)
+    score_pool(teacher_pool, score_dirs["flyt"], [str(flyt_pt)], progress=cfg.progress, desc="score: flyt")
     timings["flyt"] = time.perf_counter() - t
     t = time.perf_counter()
     inputs = [score_dirs["baselines"], score_dirs["flyt"]]
     mflyt_pt = train_scorer(scorer_config(cfg, "mflyt", teacher_pool, teacher_tasks, MIX_INPUTS, inputs),
-                            out / "runs", log)
+                            out / "runs", log, cfg.progress)
     score_dirs["mflyt"] = out / "scores" / mflyt_pt.parent.name
-    score_pool(teacher_pool, score_dirs["mflyt"], [str(mflyt_pt)], score_dirs=inputs, progress=False)
+    score_pool(teacher_pool, score_dirs["mflyt"], [str(mflyt_pt)], score_dirs=inputs, progress=cfg.progress,
+               desc="score: mflyt")
     timings["mflyt"] = time.perf_counter() - t
     scores = read_scores(score_dirs, raw.uids)
 
@@ -155,8 +180,12 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
     drawn = {s.name: [s.draw(value, context) for value in s.options] for s in strategies}
     students = StudentRuns(out / "students", key, raw, cfg.student)
     grid = [(s.name, i) for s in strategies if s.chooses for i in range(len(s.options))]
-    runs = [(drawn[name][i].indices(raw.uids), cfg.validation_seed) for name, i in grid]
-    accuracy = {g: r["average"] for g, r in zip(grid, students.evaluate(runs, tasks, "validation"))}
+    vseeds = tuple(cfg.validation_seeds) or (cfg.validation_seed,)
+    runs = [(drawn[name][i].indices(raw.uids), vs) for name, i in grid for vs in vseeds]
+    with student_bar(students, runs, "validation", cfg) as bar:
+        per_run = [r["average"] for r in students.evaluate(runs, tasks, "validation", bar)]
+    # each option's validation average: the mean over the validation seeds (equal weight per task)
+    accuracy = {g: float(np.mean(per_run[j * len(vseeds):(j + 1) * len(vseeds)])) for j, g in enumerate(grid)}
     chosen, validation = {}, {}
     for s in strategies:
         accs = [accuracy.get((s.name, i)) for i in range(len(s.options))]
@@ -167,18 +196,33 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
         log(f"strategy {s.name}: chose {tuple(s.option(s.options[best]))} (validation accuracy {accs[best]})")
     timings["validation"] = time.perf_counter() - t
 
-    # 7. The chosen subset of each strategy: students of every seed, evaluated on the test splits.
+    # 7. The final evaluation: the chosen subset of each strategy, students of every seed, on the test
+    # splits of FLYT's tasks and of the held-out tasks. The held-out tasks are read here and nowhere before:
+    # no scorer, training run or option choice above saw them (they have no train split at all). These
+    # students' accuracies are cached under a key that also names the tasks they are evaluated on.
     t = time.perf_counter()
+    log("final evaluation: reading the held-out tasks")
+    heldout = load_heldout_tasks(bench_dir)
+    log(f"final evaluation: test splits of {len(tasks)} FLYT tasks and {len(heldout)} held-out tasks"
+        + (f" ({', '.join(h.name for h in heldout)})" if heldout else ""))
+    finals, groups = final_students(out, key, raw, cfg, tasks, heldout)
     results = {}
+    bar = student_bar(finals, [(drawn[s.name][chosen[s.name][0]].indices(raw.uids), seed) for s in strategies
+                               for seed in cfg.seeds], "test", cfg)
     for s in strategies:
         best, choice = chosen[s.name]
         indices = drawn[s.name][best].indices(raw.uids)
-        per_seed = students.evaluate([(indices, seed) for seed in cfg.seeds], tasks, "test")
-        res = summarise_seeds(per_seed, cfg.seeds, indices)
+        per_seed = finals.evaluate([(indices, seed) for seed in cfg.seeds], tasks + heldout, "test", bar)
+        res = summarise_seeds([group_averages(r, groups) for r in per_seed], cfg.seeds, indices)
         results[s.name] = {**res, "label": s.label, "chosen": choice}
-        log(f"{s.name:>22}: average {res['mean']['average']:.4f} +- {res['std']['average']:.4f}")
+        m, sd = res["mean"], res["std"]
+        log(f"{s.name:>22}: " + ", ".join(f"{label} {m[a]:.4f} +- {sd[a]:.4f}" for a, label in
+                                           (("average_flyt", "FLYT tasks"), ("average_heldout", "held-out"),
+                                            ("average", "all")) if a in m))
+    bar.close()
     timings["students"] = time.perf_counter() - t
-    log(f"students: {students.trained} trained, {students.cached} reused from {out / 'students'}")
+    log(f"students: {students.trained + finals.trained} trained, {students.cached + finals.cached} reused from "
+        f"{out / 'students'}")
 
     defects = np.asarray(meta.column("defect").to_pylist()) if "defect" in meta.column_names else None
     summary = {
@@ -187,13 +231,17 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
             "seeds": list(cfg.seeds), "student": asdict(cfg.student), "teacher": asdict(cfg.teacher),
             "validation_fraction": cfg.validation_fraction, "fractions": list(cfg.fractions),
             "penalties": list(cfg.penalties), "flyt_steps": cfg.flyt_steps, "mflyt_steps": cfg.mflyt_steps,
-            "quick": cfg.quick,
+            "quick": cfg.quick, "pipeline_seed": cfg.pipeline_seed,
+            "validation_seeds": list(cfg.validation_seeds or (cfg.validation_seed,)),
+            "mflyt_score_clip": cfg.mflyt_score_clip,
         },
         "tasks": [t.name for t in tasks],
+        "heldout_tasks": [h.name for h in heldout],
         "results": results,
         "validation": validation,
         "mflyt_weights": mixer_weights(mflyt_pt),
-        "verdict": verdict(results),
+        "verdict": verdict(results),  # on FLYT's tasks
+        "comparisons": all_comparisons(results),  # each learned strategy vs no filtering and CLIP score
         # how each score ranks clean pairs above each injected or natural defect (analysis only)
         "defect_auc": defect_auc(scores, defects) if defects is not None else {},
         "timings_s": timings,
@@ -215,13 +263,37 @@ def open_benchmark(cfg: DemoConfig, log: Callable[[str], None]) -> Path:
     from flyt.bench.build import build_benchmark
     from flyt.encoders import get_encoder
 
-    summary = build_benchmark(get_encoder("offline"), cache=cfg.cache, log=log)
+    summary = build_benchmark(get_encoder("offline"), cache=cfg.cache, log=log, progress=cfg.progress)
     return Path(summary["out"])
 
 
+def student_bar(students: StudentRuns, runs: list, split: str, cfg: DemoConfig) -> Progress:
+    """One bar over the samples the students of ``runs`` that are not cached will see."""
+    total = students.todo(runs, split) * cfg.student.samples_seen
+    return Progress(total, f"students: {split}", unit="sample", show=cfg.progress, scale=True)
+
+
+def final_students(out: Path, key: str, raw, cfg: DemoConfig, tasks: list[Task], heldout: list[Task]):
+    """The final evaluation's cached students (keyed by the benchmark and by the tasks evaluated: a
+    cached accuracy file always holds every one of them) and the task groups of its averages."""
+    students = StudentRuns(out / "students", cache_key(key, [t.name for t in tasks + heldout]), raw, cfg.student)
+    return students, {"average_flyt": [t.name for t in tasks], "average_heldout": [h.name for h in heldout]}
+
+
+def pipeline_key(key: str, cfg: DemoConfig) -> str:
+    """The key of the teacher and baseline scores: the benchmark key, and the pipeline seed unless 0 (so
+    the demo's own caches keep their names). Students keep ``key``: a student's result does not depend
+    on the teacher, only on its multiset, so pipeline seeds share the students of equal subsets."""
+    return key if not cfg.pipeline_seed else cache_key(key, "pipeline_seed", int(cfg.pipeline_seed), length=16)
+
+
 def scorer_config(cfg: DemoConfig, mode: str, pool: Path, tasks: list[str], score_columns=(), scores=()) -> dict:
-    """flyt.training's config for the demo's FLYT (``mode="flyt"``) or M-FLYT scorer, without ``out``."""
-    return {
+    """flyt.training's config for the demo's FLYT (``mode="flyt"``) or M-FLYT scorer, without ``out``
+    (``seed`` and M-FLYT's ``score_clip`` only when set, so other runs keep their cache keys)."""
+    extra = {"seed": int(cfg.pipeline_seed)} if cfg.pipeline_seed else {}
+    if mode == "mflyt" and cfg.mflyt_score_clip is not None:
+        extra["score_clip"] = float(cfg.mflyt_score_clip)
+    return {**extra,
         "mode": mode, "pool": str(pool), "tasks": list(tasks),
         "steps": cfg.flyt_steps if mode == "flyt" else cfg.mflyt_steps,
         "upstream_batch": cfg.upstream_batch, "downstream_batch": cfg.downstream_batch,
@@ -253,6 +325,7 @@ class FinishedDemo:
     teacher_dir: Path
     score_dirs: dict  # baselines, flyt, mflyt -> score directory
     students: StudentRuns
+    bench_dir: Path | None = None
 
     @property
     def teacher_pool(self) -> Path:
@@ -274,6 +347,14 @@ class FinishedDemo:
         return DrawContext(self.raw.uids, {**self.score_dirs, **(score_dirs or {})}, self.cfg.student.samples_seen,
                            self.cfg.validation_seed)
 
+    def final_evaluation(self) -> tuple[list[Task], StudentRuns, dict]:
+        """For a final, test-split evaluation of options already chosen on validation only: FLYT's tasks
+        plus the held-out tasks (read now), the demo's cached final students and the groups for
+        flyt.bench.evaluate.group_averages."""
+        heldout = load_heldout_tasks(self.bench_dir)
+        students, groups = final_students(self.cfg.out, self.key, self.raw, self.cfg, self.tasks, heldout)
+        return self.tasks + heldout, students, groups
+
 
 def open_finished(out: Path) -> FinishedDemo:
     """Reopen `flyt demo --out OUT` (full mode, finished): benchmark, splits, teacher, scores, students."""
@@ -289,4 +370,4 @@ def open_finished(out: Path) -> FinishedDemo:
             raise FlytError(f"{cfg.out / 'scores'}: expected one {prefix}-* score directory, found {len(found)}")
         dirs[prefix] = found[0]
     return FinishedDemo(cfg, raw, tasks, key, cfg.out / f"teacher-{key}", dirs,
-                        StudentRuns(cfg.out / "students", key, raw, cfg.student))
+                        StudentRuns(cfg.out / "students", key, raw, cfg.student), bench_dir)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import shutil
 import sys
 import time
 import uuid
@@ -39,10 +40,12 @@ from flyt.io.pool import DEFAULT_PAIR, PoolShard, pool_shards
 from flyt.io.scores import ScoreDirs, write_score_shard
 from flyt.pipeline.pool_context import PoolContext
 from flyt.pipeline.score_fingerprint import KEY, column_settings, pool_shard_fingerprint, read_fingerprint, shard_metadata
+from flyt.progress import Progress
 from flyt.scorers.base import Scorer
 from flyt.scorers.registry import NEEDS_TASKS, ScorerOptions, make_scorers
 
 STATE_PREFIX = ".flyt-score-state-"
+WORK_PREFIX = ".flyt-score-work-"  # a pool-wide scorer's work directory (dedup's spill), one per run
 LOCK_NAME = ".flyt-score.lock"  # held for the whole run; the kernel drops it if the run dies
 # Scorers that compare image and text embeddings directly (a cosine): both must live in one space.
 JOINT_SPACE = {"clip_score", "negclip_loss"}
@@ -97,13 +100,19 @@ def score_shard(job: ShardJob) -> ShardResult:
         uids = src.read_uids()
         joined = ScoreDirs(job.score_dirs).join(uids, [c for c in inputs if c not in in_shard], src.parquet, src.stem)
         parts = {col: [] for s in scorers for col in s.output_columns()}
+        for s in scorers:
+            s.begin_shard(src)
         for start, batch in src.iter_batches(job.batch_rows, needs_emb, needs_cap, in_shard, job.dims):
             for c, v in joined.items():
                 batch.columns[c] = v[start : start + len(batch)]
             for s in scorers:
                 result = s.score(batch)
                 for col in s.output_columns():
-                    v = np.asarray(result[col], dtype=np.float32)
+                    v = np.asarray(result[col])
+                    if v.dtype.kind in "iub":  # group ids, sizes, flags (dedup) keep their integer dtype
+                        parts[col].append(v)
+                        continue
+                    v = v.astype(np.float32)
                     bad = np.flatnonzero(~np.isfinite(v))
                     if bad.size:
                         r = start + int(bad[0])
@@ -207,6 +216,7 @@ class ScoreSummary:
     seconds: float
     columns: list[str]
     failures: list[ShardResult] = field(default_factory=list)
+    stages: list = field(default_factory=list)  # pool-wide passes (dedup): Stage(name, rows, seconds)
 
     @property
     def rows_per_second(self) -> float:
@@ -234,9 +244,11 @@ def score_pool(
     seed: int = 0,
     progress: bool | None = None,
     log=None,
+    desc: str = "flyt score",
 ) -> ScoreSummary:
     """Score every shard of ``pool`` into ``out`` (see module doc). Returns a summary; failed
-    shards are listed in it (the CLI turns them into a non-zero exit)."""
+    shards are listed in it (the CLI turns them into a non-zero exit). ``progress``: flyt.progress's
+    show (None: a bar on a terminal only), over the rows to score, named ``desc``."""
     from flyt.engines import get_map_shards
 
     log = log or sys.stderr
@@ -274,7 +286,7 @@ def score_pool(
 
         used = sorted({i for p in pending for i in p.scorers})  # fit only what some shard runs
         running = [fitted[i] for i in used]
-        needs_emb = any(s.needs_embeddings for s in running)
+        needs_emb = any(s.needs_embeddings or s.pool_wide for s in running)
         dims = None
         if needs_emb:
             where, dims = _pool_dims(sources)
@@ -291,6 +303,9 @@ def score_pool(
             make_output_dir(out)
             held.callback(_remove_if_empty, out)  # a run that wrote nothing leaves no directory behind
             take_over(out, sources, held)
+        for s in running:
+            if s.pool_wide:  # values that need the whole pool (dedup): computed now, read back per shard
+                summary.stages += _pool_pass(s, sources, out, held, map_shards, workers, dims, batch_rows)
         state_path = out / f"{STATE_PREFIX}{uuid.uuid4().hex}.pkl"
         with atomic_path(state_path) as tmp:
             tmp.write_bytes(pickle.dumps(running, protocol=pickle.HIGHEST_PROTOCOL))
@@ -302,10 +317,7 @@ def score_pool(
         ]
         rows_of = {p.source.stem: p.source.rows or 0 for p in pending}
         try:
-            from tqdm import tqdm
-
-            disable = None if progress is None else not progress  # None: a bar on a terminal only
-            with tqdm(total=sum(rows_of.values()), unit="rows", unit_scale=True, desc="flyt score", disable=disable) as bar:
+            with Progress(sum(rows_of.values()), desc, unit="row", show=progress, scale=True) as bar:
                 for res in map_shards(score_shard, jobs, workers):
                     if res.error:
                         summary.failures.append(res)
@@ -321,6 +333,20 @@ def score_pool(
             _STATE_CACHE.clear()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _pool_pass(scorer: Scorer, sources, out: Path, held: contextlib.ExitStack, map_shards, workers: int, dims,
+               batch_rows: int) -> list:
+    """Run a pool-wide scorer's pass in a work directory (its ``spill`` option, else inside ``out``),
+    removed when the run ends."""
+    from flyt.pipeline.dedup import run_pool_pass
+
+    root = Path(getattr(scorer, "spill", None) or out)
+    if not root.is_dir():
+        raise FlytError(f"option --dedup-spill: {root} is not a directory")
+    work = root / f"{WORK_PREFIX}{uuid.uuid4().hex}"
+    held.callback(shutil.rmtree, work, ignore_errors=True)
+    return run_pool_pass(scorer, sources, work, map_shards, workers, dims, batch_rows).stages
 
 
 def _same_dir(a: Path, b: Path) -> bool:
@@ -366,6 +392,8 @@ def take_over(out: Path, sources: list[PoolShard], held: contextlib.ExitStack) -
     for p in [*out.glob(f"{STATE_PREFIX}*.pkl"), *out.glob(f".{STATE_PREFIX}*.tmp")]:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+    for p in out.glob(f"{WORK_PREFIX}*"):
+        shutil.rmtree(p, ignore_errors=True)
     for s in sources:
         remove_leftovers(out / f"{s.stem}.parquet")
 

@@ -49,8 +49,11 @@ OPTIONS_READ = {
     "negclip_loss": ("negclip_batches", "negclip_batch_size", "teacher_temperature"),
     "classifier": ("classifier_negatives",),
     "image_based": ("clusters", "kmeans_sample"),
+    "dedup": ("dedup_embedding", "dedup_clusters", "dedup_threshold", "dedup_max_cluster", "dedup_sample", "dedup_hash"),
+    "contamination": (),
 }
-SAMPLES_POOL = {"negclip_loss", "classifier", "image_based"}
+SAMPLES_POOL = {"negclip_loss", "classifier", "image_based", "dedup"}
+TEST_SPLIT = {"contamination"}  # reads the tasks' test.parquet, not train.parquet
 
 
 def _digest(obj) -> str:
@@ -110,8 +113,8 @@ def _dir_fingerprint(directory) -> list:
     return [[p.name, file_identity(p, _parquet_footer)] for p in list_shards(directory, kind="scores")]
 
 
-def _task_fingerprint(task) -> list:
-    path = Path(task) / "train.parquet"
+def _task_fingerprint(task, split: str = "train") -> list:
+    path = Path(task) / f"{split}.parquet"
     return [path.parent.name, file_identity(path, _parquet_footer)]
 
 
@@ -155,7 +158,9 @@ def column_settings(
                     if pool_digest is None:
                         pool_digest = _digest([pool_shard_fingerprint(s) for s in sources])
                     settings.update(seed=seed, pool=pool_digest)
-                if spec in NEEDS_TASKS or not known:
+                if spec in TEST_SPLIT:
+                    settings["tasks"] = [_task_fingerprint(t, "test") for t in tasks]
+                elif spec in NEEDS_TASKS or not known:
                     settings["tasks"] = task_fp
         else:
             settings = {"scorer": "scorer.pt", "model": _model_digest(scorer)}

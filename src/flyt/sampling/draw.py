@@ -12,6 +12,7 @@ from flyt.engines import get_map_shards
 from flyt.errors import FlytError
 from flyt.sampling.batched import batched_counts, hard_cap_counts
 from flyt.sampling.clocks import check_log_weights
+from flyt.sampling.groups import grouped_sample
 from flyt.sampling.methods import SampleSpec
 from flyt.sampling.randomness import checksum, combine_checksums, fingerprint
 from flyt.sampling.select import Selection, check_total, select, uid_order
@@ -19,9 +20,10 @@ from flyt.sampling.sources import ArrayScores, GeneratedScores
 
 
 def sample(spec: SampleSpec, sources: Sequence, engine: str = "local", workers: int = 1,
-           max_memory: int | None = None, spill_dir=None) -> Selection:
+           max_memory: int | None = None, spill_dir=None, groups=None) -> Selection:
     """Draw the multiset ``spec`` asks for from score ``sources`` (see flyt.sampling.sources).
-    With ``spill_dir``, a draw larger than ``max_memory`` runs out of core there (flyt.sampling.select)."""
+    With ``spill_dir``, a draw larger than ``max_memory`` runs out of core there (flyt.sampling.select).
+    With ``groups`` (flyt.sampling.group_keys), SCS / HCS count copies per group (flyt.sampling.groups)."""
     spill = {"max_memory": max_memory, "spill_dir": spill_dir}
     spec.validate()
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
@@ -31,6 +33,8 @@ def sample(spec: SampleSpec, sources: Sequence, engine: str = "local", workers: 
     workers = min(workers, max(1, len(sources)))
     map_shards = get_map_shards(engine)
     clock = spec.clock()
+    if groups is not None:
+        return grouped_sample(spec, sources, groups, map_shards, workers, **spill)
     if spec.batch is not None:
         return _sample_batched(spec, sources, map_shards, workers)
     if spec.method == "threshold":
@@ -179,4 +183,6 @@ def summarize(spec: SampleSpec, result: Selection, column: str | None = None, sc
         out["lowest_score_kept"] = -result.level
     if spec.method in ("scs", "hcs") and not math.isnan(result.level):
         out["level_log_time"] = result.level
+    if getattr(result, "groups", None) is not None:  # --groups: what the copies were counted per
+        out["groups"] = result.groups
     return out

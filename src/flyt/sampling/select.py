@@ -1,6 +1,8 @@
 """The pool-scale draw: per-shard passes plus a small global reduction.
 
-1. Subsample pass (per shard): every k-th row (about SUBSAMPLE_ROWS in all).
+1. Subsample pass (per shard): every k-th row (about SUBSAMPLE_ROWS in all, or one row in
+   SUBSAMPLE_SHARE on pools over 2^29 rows: the listed firings of step 3 are a share of T that falls
+   like 1 / sqrt(subsample), so a larger pool needs a larger subsample to keep them a few GB).
 2. On the subsample, bracket the global level: log-times tau_lo < tau_hi whose firing counts
    should fall just below and just above the total T.
 3. Collect pass (per shard): every clock runs up to tau_hi; firings <= tau_lo are counted per
@@ -17,9 +19,10 @@ workers, engine, or bracket (the bracket only decides how much is listed in step
 Memory: in memory, the driver holds the result, 8 bytes per pool row of fingerprints (duplicate
 check) and the listed firings (a few % of T). When that estimate (``in_memory_bytes``) exceeds
 ``max_memory`` and a spill directory is given, step 3 writes each shard's selected rows as a sorted
-run (and its fingerprints) to disk, and steps 4-5 run on the files (flyt.sampling.external): the
-driver then holds the listed firings and bounded blocks, and the result comes back as memory-mapped
-files (SpilledSelection), byte-identical to the in-memory one.
+run (and its fingerprints) to disk, and steps 4-5 run on the files as engine tasks too
+(flyt.sampling.external: the duplicate check by fingerprint range, the merge by uid range): the
+driver then holds the listed firings and small per-shard counts, and the result comes back as
+memory-mapped files (SpilledSelection), byte-identical to the in-memory one.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -41,7 +43,8 @@ from flyt.sampling import external
 from flyt.sampling.order import uid_order
 from flyt.sampling.randomness import checksum, combine_checksums, fingerprint
 
-SUBSAMPLE_ROWS = 1 << 18  # examples the level search looks at; bounds driver memory and time
+SUBSAMPLE_ROWS = 1 << 18  # examples the level search looks at (at least); bounds driver memory and time
+SUBSAMPLE_SHARE = 1 << 11  # ... and at least one pool row in this many (12.8B rows: 6.25M, 100 MB, ~2% of T listed)
 BLOCK_ROWS = 1 << 16  # rows processed at once inside a shard, so temporaries stay in cache
 FP_BUCKETS = 16  # the duplicate check sorts fingerprints bucket by bucket (by their top bits)
 MAX_ATTEMPTS = 6
@@ -83,12 +86,11 @@ class SpilledSelection(Selection):
     """A draw merged on disk (flyt.sampling.external): ``pairs`` and ``counts`` are read-only memory
     maps of the merged files; ``chunks`` reads them block by block, so writing never holds them."""
 
-    def __init__(self, directory: str, stats: dict, pool_rows: int, checksum: int, level: float):
-        self.directory = directory
+    def __init__(self, stats: dict, pool_rows: int, checksum: int, level: float):
         self.stats = stats
         n = stats["unique"]
-        pairs = _map(Path(directory) / external.MERGED_PAIRS, UID_DTYPE, n)
-        counts = _map(Path(directory) / external.MERGED_COUNTS, external.RUN_COUNT_DTYPE, n)
+        pairs = _map(stats["pairs_path"], UID_DTYPE, n)
+        counts = _map(stats["counts_path"], external.RUN_COUNT_DTYPE, n)
         super().__init__(pairs, counts, pool_rows, checksum, level)
 
     @property
@@ -100,8 +102,7 @@ class SpilledSelection(Selection):
 
     def chunks(self, rows: int = 1 << 22):
         n = self.stats["unique"]
-        pairs_path = Path(self.directory) / external.MERGED_PAIRS
-        counts_path = Path(self.directory) / external.MERGED_COUNTS
+        pairs_path, counts_path = self.stats["pairs_path"], self.stats["counts_path"]
         for i in range(0, n, rows):
             m = min(rows, n - i)
             yield (np.fromfile(pairs_path, dtype=UID_DTYPE, count=m, offset=16 * i),
@@ -139,10 +140,8 @@ class _ShardPart:
     between_i: np.ndarray  # index into pairs
     n_lo: int = 0
     n_hi: int = 0
-    run_path: str | None = None  # spilled: pairs/count_lo sorted by uid in this file (between_i follows)
-    n_sel: int = 0
-    fp_path: str | None = None  # spilled: the shard's sorted fingerprints
-    fp_edges: np.ndarray | None = None  # spilled: where each of external.FP_RANGES value ranges starts there
+    run: external.RunInfo | None = None  # spilled: pairs/count_lo sorted by uid in run.path (between_i follows)
+    fp_path: str | None = None  # spilled: the shard's sorted fingerprints (indexed by range in the file)
 
 
 @dataclass(frozen=True)
@@ -199,12 +198,12 @@ class _Collect:
         order = uid_order(sel)
         rank = np.empty(len(sel), dtype=np.int64)
         rank[order] = np.arange(len(sel))
-        run = external.write_run(self.spill_dir, sel[order], _cat(sel_counts, np.uint32)[order])
-        fp_path, fp_edges = external.write_fingerprints(self.spill_dir, fp) if self.spill_fingerprints else (None, None)
+        between_i = rank[_cat(bis, np.int64)]
+        run = external.write_run(self.spill_dir, sel[order], _cat(sel_counts, np.uint32)[order], between_i)
+        fp_path = external.write_fingerprints(self.spill_dir, fp) if self.spill_fingerprints else None
         return _ShardPart(
             rows=len(pairs), checksum=combine_checksums(sums), fp_buckets=None, pairs=None, count_lo=None,
-            between_t=_cat(bts, np.float64), between_i=rank[_cat(bis, np.int64)], n_lo=n_lo, n_hi=n_hi,
-            run_path=run, n_sel=len(sel), fp_path=fp_path, fp_edges=fp_edges,
+            between_t=_cat(bts, np.float64), between_i=between_i, n_lo=n_lo, n_hi=n_hi, run=run, fp_path=fp_path,
         )
 
 
@@ -236,19 +235,22 @@ def _bucket_edges() -> np.ndarray:
 
 
 def _check_duplicates(parts, sources, run, threads: int, max_memory: int | None = None) -> None:
-    """Every uid at most once in the whole pool: sort fingerprints bucket by bucket."""
+    """Every uid at most once in the whole pool: sort fingerprints bucket by bucket (spilled: in tasks)."""
 
     def repeated(b):
         fp = np.sort(np.concatenate([p.fp_buckets[b] for p in parts]))
         return fp[1:][fp[1:] == fp[:-1]]
 
-    if parts and parts[0].fp_path is not None:  # spilled: read the files one fingerprint range at a time
+    if parts and parts[0].fp_path is not None:  # spilled: tasks read the files one fingerprint range at a time
         paths = [p.fp_path for p in parts]
-        same = external.repeated_fingerprints(paths, [p.fp_edges for p in parts], sum(p.rows for p in parts),
-                                              max_memory or DEFAULT_MAX_MEMORY, threads)
-        external.remove(paths)
+        external.release_memory()  # the collect pass's freed buffers, before the tasks hold their share
+        try:
+            same = external.repeated_fingerprints(run, [(p.fp_path, p.rows) for p in parts], max_memory or DEFAULT_MAX_MEMORY,
+                                                  threads)
+        finally:
+            external.remove(paths)
         for p in parts:
-            p.fp_path = p.fp_edges = None
+            p.fp_path = None
     else:
         with ThreadPoolExecutor(max(1, threads)) as pool:  # numpy sorts release the GIL
             same = np.concatenate(list(pool.map(repeated, range(FP_BUCKETS))))
@@ -371,13 +373,13 @@ def select(
     if level is not None:
         parts = list(run(_Collect(clock, level, level, spill), sources))
         _check_duplicates(parts, sources, run, workers, budget)
-        return _finish(parts, sum(p.n_lo for p in parts), level, spill, budget)
+        return _finish(parts, sum(p.n_lo for p in parts), level, spill, budget, run, workers)
     check_total(total, n_rows)
     capacity = clock.capacity(n_rows)
     if total > capacity:
         raise FlytError(f"--total {total} cannot be reached: at most {int(capacity)} draws from {n_rows} rows")
     # The subsample only places the bracket; the draw is exact whatever it holds.
-    stride = max(1, n_rows // SUBSAMPLE_ROWS)
+    stride = max(1, n_rows // max(SUBSAMPLE_ROWS, n_rows // SUBSAMPLE_SHARE))
     subs = list(run(_Subsample(clock, stride), sources))
     sub_a = _cat([a for a, _ in subs], np.float64)
     sub_keys = _cat([k for _, k in subs], np.uint64)
@@ -393,8 +395,8 @@ def select(
             checked = True
         n_lo, n_hi = sum(p.n_lo for p in parts), sum(p.n_hi for p in parts)
         if n_lo <= total <= n_hi:
-            return _finish(parts, total, math.nan, spill, budget)
-        external.remove(p.run_path for p in parts)
+            return _finish(parts, total, math.nan, spill, budget, run, workers)
+        external.remove(p.run.path for p in parts if p.run is not None)
         del parts
         widen *= 4.0
     raise FlytError(f"could not bracket the level for --total {total} (last counts {n_lo}..{n_hi})")
@@ -414,35 +416,50 @@ def in_memory_bytes(n_rows: int, total: int | None) -> int:
     return 8 * n_rows + 32 * drawn
 
 
-def _finish(parts, total: int, level: float, spill: str | None, max_memory: int) -> Selection:
-    return _combine(parts, total, level) if spill is None else _combine_spilled(parts, total, level, spill, max_memory)
+def _finish(parts, total: int, level: float, spill: str | None, max_memory: int, run, workers: int) -> Selection:
+    if spill is None:
+        return _combine(parts, total, level)
+    try:
+        return _combine_spilled(parts, total, level, spill, max_memory, run, workers)
+    finally:
+        external.remove(p.run.path for p in parts if p.run is not None)
 
 
-def _combine_spilled(parts, total: int, level: float, spill: str, max_memory: int) -> Selection:
-    """``_combine`` on spilled runs: the same choice of listed firings, then a streaming merge."""
+def _combine_spilled(parts, total: int, level: float, spill: str, max_memory: int, run, workers: int) -> Selection:
+    """``_combine`` on spilled runs: the same choice of listed firings, then the merge by uid range as tasks."""
     pool_rows = sum(p.rows for p in parts)
     digest = combine_checksums(p.checksum for p in parts)
     n_lo = sum(p.n_lo for p in parts)
-    paths = [p.run_path for p in parts]
-    rows = np.array([p.n_sel for p in parts], dtype=np.int64)
+    runs = [p.run for p in parts]
+    rows = np.array([r.rows for r in runs], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(rows)])
-    between_t = _cat([p.between_t for p in parts], np.float64)
-    between_i = _cat([p.between_i + off for p, off in zip(parts, offsets)], np.int64)
-    parts.clear()
-    add = np.zeros(0, np.int64)
+    # The listed firings laid end to end, each shard's freed once copied: never held twice (19 B a firing).
+    m = sum(len(p.between_t) for p in parts)
+    between_t, between_i = np.empty(m, np.float64), np.empty(m, np.int64)
+    between_bucket, between_zero = np.empty(m, np.uint16), np.empty(m, bool)
+    at = 0
+    for p, r, off in zip(parts, runs, offsets):  # the run files stay listed in parts, for cleanup
+        n = len(p.between_t)
+        between_t[at : at + n], between_i[at : at + n] = p.between_t, p.between_i + off
+        between_bucket[at : at + n], between_zero[at : at + n] = r.listed_bucket, r.listed_zero
+        p.between_t = p.between_i = r.listed_bucket = r.listed_zero = None
+        at += n
+    chosen = np.zeros(0, np.int64)
     need = total - n_lo
     if need > 0:
         level = float(np.partition(between_t, need - 1)[need - 1])
-        earlier = between_t < level
-        tied = between_i[between_t == level]
-        tp = external.pairs_at(paths, rows, offsets, tied)
-        tied = tied[np.lexsort((tp["f1"], tp["f0"]))][: need - int(earlier.sum())]
-        add = np.sort(np.concatenate([between_i[earlier], tied]))
-    del between_t, between_i
-    cut = np.searchsorted(add, offsets)
-    extras = [add[cut[r] : cut[r + 1]] - offsets[r] for r in range(len(paths))]
-    stats = external.merge_runs(paths, rows, extras, spill, max_memory)
-    return SpilledSelection(spill, stats, pool_rows, digest, level)
+        earlier = np.flatnonzero(between_t < level)
+        tied = np.flatnonzero(between_t == level)
+        tp = external.pairs_at([r.path for r in runs], rows, offsets, between_i[tied])
+        tied = tied[np.lexsort((tp["f1"], tp["f0"]))][: need - len(earlier)]
+        chosen = np.concatenate([earlier, tied])
+        del earlier, tied
+    del between_t
+    step, jobs, unique = external.plan_merge(runs, between_i[chosen], between_bucket[chosen], between_zero[chosen], spill,
+                                             max_memory, workers)
+    del between_i, between_bucket, between_zero, chosen  # only the jobs' share is held while the tasks run
+    external.release_memory()
+    return SpilledSelection(external.merge(run, step, jobs, unique), pool_rows, digest, level)
 
 
 def _combine(parts, total: int, level: float) -> Selection:

@@ -30,6 +30,7 @@ class FitContext(Protocol):
     """What the driver offers a scorer that needs pool-wide state."""
 
     seed: int
+    tasks: list  # the --tasks directories, in the order given
 
     def pool_sample(self, n: int, salt: str) -> Batch:
         """Up to n pool rows drawn uniformly without replacement (embeddings and uids), in random
@@ -46,6 +47,9 @@ class Scorer:
     name: str = ""
     needs_embeddings: bool = False
     needs_captions: bool = False
+    # A pool-wide scorer (``dedup``): a row's value depends on other shards' rows. The driver runs its
+    # pool pass after ``fit`` (flyt.pipeline.dedup); each shard job calls ``begin_shard`` before scoring.
+    pool_wide: bool = False
 
     @property
     def input_columns(self) -> list[str]:
@@ -57,6 +61,9 @@ class Scorer:
 
     def fit(self, ctx: FitContext) -> None:
         """Compute pool-wide state (default: none)."""
+
+    def begin_shard(self, source) -> None:
+        """Called in the worker before the batches of pool shard ``source`` (default: nothing)."""
 
     def score(self, batch: Batch) -> dict[str, np.ndarray]:
         raise NotImplementedError

@@ -23,6 +23,13 @@ class ScorerOptions:
     classifier: str | None = None  # load a saved probe instead of fitting one
     save_classifier: str | None = None
     classifier_negatives: int = 20_000
+    dedup_embedding: str = "image"  # image | image+text
+    dedup_clusters: int = 1024  # k-means clusters (SemDeDup's k)
+    dedup_threshold: float = 0.95  # rows with cosine >= this are linked (near duplicates)
+    dedup_max_cluster: int = 4096  # larger clusters are split by k-means (bounds work and memory)
+    dedup_sample: int = 50_000  # pool rows the k-means is fitted on
+    dedup_hash: str = "auto"  # image-hash column linking exact copies: auto (sha256 if present), none, or a name
+    dedup_spill: str | None = None  # directory for the pool pass's temporary files (default: inside --out)
 
 
 def _clip(o):
@@ -58,6 +65,19 @@ def _image_based(o):
     return ImageBased(o.clusters, o.kmeans_sample)
 
 
+def _dedup(o):
+    from flyt.scorers.dedup import Dedup
+
+    return Dedup(o.dedup_embedding, o.dedup_clusters, o.dedup_threshold, o.dedup_max_cluster, o.dedup_sample,
+                 o.dedup_hash, o.dedup_spill)
+
+
+def _contamination(o):
+    from flyt.scorers.contamination import Contamination
+
+    return Contamination()
+
+
 def _caption(o):
     from flyt.scorers.caption import CaptionStats
 
@@ -72,10 +92,12 @@ SCORERS = {
     "classifier": _classifier,
     "image_based": _image_based,
     "caption": _caption,
+    "dedup": _dedup,
+    "contamination": _contamination,
 }
 
-# Scorers that read the downstream task training images.
-NEEDS_TASKS = {"normsim_2", "normsim_inf", "classifier", "image_based"}
+# Scorers that read the downstream tasks (the training images; contamination: the test images).
+NEEDS_TASKS = {"normsim_2", "normsim_inf", "classifier", "image_based", "contamination"}
 
 
 def make_scorer(spec: str, options: ScorerOptions | None = None) -> Scorer:

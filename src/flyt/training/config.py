@@ -31,6 +31,8 @@ MODES = ("flyt", "mflyt")
 CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)
 PAIRS = ("b32", "l14")
 REFERENCE_INITS = ("auto", "identity", "random")
+# flyt.sampling.clocks.MAX_PENALTY (not imported: this module stays light, see above)
+SCS_MAX_PENALTY = 512.0
 # the largest finite value of each training dtype (a number beyond it cannot become a tensor)
 FLOAT_MAX = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
 
@@ -70,6 +72,17 @@ class ScorerHeadConfig:
 
 
 @dataclass
+class IterativeConfig:
+    """Iterative FLYT (docs/kstep.md): rounds of (train the scorer round_steps steps; score the pool; draw it
+    with Soft Cap Sampling; continue the reference on the drawn multiset; train the scorer further)."""
+
+    round_steps: int = 0  # scorer steps per round; 0 = off (one round: plain FLYT). Rounds: ceil(steps / round_steps)
+    reference_steps: int = 100  # reference optimizer steps on each round's drawn multiset (batches of upstream_batch)
+    scs_penalty: float = 0.15  # Soft Cap Sampling's penalty Delta (a drawn example's weight drops by e^-Delta)
+    scs_total: int | None = None  # SCS draws, with repeats; null = as many as the pool (after pool_fraction) has rows
+
+
+@dataclass
 class TrainConfig:
     """A FLYT / M-FLYT training run (SPEC.md sections 2 and 3)."""
 
@@ -86,6 +99,9 @@ class TrainConfig:
     pool_block: int = 1024  # streaming: consecutive rows read from a shard at a time
     scores: list[str] = field(default_factory=list)  # extra score directories, joined to the pool by uid
     score_columns: list[str] = field(default_factory=list)  # M-FLYT inputs
+    # M-FLYT: clip each standardised input to [-score_clip, score_clip] (None: plain z-scores, the paper). A
+    # few outliers of a mostly-constant score otherwise dominate its z-scores and hence its learned weight.
+    score_clip: float | None = None
     tasks: list[str] = field(default_factory=list)  # downstream task directories
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)  # the reference model theta
     scorer: ScorerHeadConfig = field(default_factory=ScorerHeadConfig)  # the FLYT scorer head
@@ -98,6 +114,12 @@ class TrainConfig:
     downstream_logit_scale: float = CLIP_LOGIT_SCALE_INIT  # psi init: LOG downstream logit scale, ln(1/0.07)
     downstream_scale_lr: float = 1.0e-3  # psi's Adam learning rate
     update_reference: bool = True  # move the reference to theta' after each step (else it stays fixed)
+    # K-step FLYT (docs/kstep.md; embedding reference only): the reference takes K optimizer steps on K
+    # successive score-weighted upstream batches and the scorer gets the exact gradient through all K
+    inner_steps: int = 1  # K; 1 = the paper's one-step meta-gradient
+    truncate: int | None = None  # differentiate through only the last k of the K steps; null = all K (exact)
+    reference_advance: int | None = None  # after each scorer step the reference moves by K steps (null or K) or 1
+    iterative: IterativeConfig = field(default_factory=IterativeConfig)  # iterative FLYT (round_steps > 0)
     seed: int = 0  # seeds the init and every step's draws
     out: str = "runs/flyt"  # run directory: config.yaml, metrics.jsonl, checkpoints/, scorer.pt
     checkpoint_every: int = 100  # write checkpoints/latest.pt every this many steps
@@ -227,9 +249,13 @@ def _validate(cfg: TrainConfig, base_dir: Path) -> TrainConfig:
     ref.pool_shards = _as_list(ref.pool_shards)
     if cfg.mode == "mflyt" and not cfg.score_columns:
         raise FlytError("config key 'score_columns' is required for mode mflyt")
+    if cfg.score_clip is not None and (not isinstance(cfg.score_clip, (int, float)) or isinstance(cfg.score_clip, bool)
+                                       or not 0 < cfg.score_clip < math.inf):
+        raise FlytError(f"config key 'score_clip' must be a positive number or null, got {cfg.score_clip!r}")
     if cfg.pair not in PAIRS:
         raise FlytError(f"config key 'pair' must be b32 or l14, got {cfg.pair!r}")
-    for key in ("steps", "upstream_batch", "downstream_batch", "checkpoint_every", "keep_checkpoint_every"):
+    for key in ("steps", "upstream_batch", "downstream_batch", "checkpoint_every", "keep_checkpoint_every",
+                "inner_steps"):
         value = getattr(cfg, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise FlytError(f"config key '{key}' must be a positive integer, got {value!r}")
@@ -261,6 +287,7 @@ def _validate(cfg: TrainConfig, base_dir: Path) -> TrainConfig:
             raise FlytError(f"config key 'reference.precision' must be auto, fp32 or bf16, got {ref.precision!r}")
         if ref.device not in ("auto", "cpu", "cuda"):
             raise FlytError(f"config key 'reference.device' must be auto, cpu or cuda, got {ref.device!r}")
+    _check_unrolled(cfg)
     if ref.optimizer not in ("adamw", "sgd"):
         raise FlytError(f"config key 'reference.optimizer' must be adamw or sgd, got {ref.optimizer!r}")
     if ref.init not in REFERENCE_INITS:
@@ -283,6 +310,34 @@ def _validate(cfg: TrainConfig, base_dir: Path) -> TrainConfig:
     for key in ("score_columns", "tasks", "scores"):  # a column or directory twice would count twice
         _check_unique(key, getattr(cfg, key))
     return cfg
+
+
+def _check_unrolled(cfg: TrainConfig) -> None:
+    """K-step and iterative FLYT: their keys' ranges, and the embedding reference they need."""
+    k, it = cfg.inner_steps, cfg.iterative
+    if cfg.truncate is not None and (not isinstance(cfg.truncate, int) or isinstance(cfg.truncate, bool)
+                                     or not 1 <= cfg.truncate <= k):
+        raise FlytError(f"config key 'truncate' must be null or an integer in [1, inner_steps = {k}], got {cfg.truncate!r}")
+    if cfg.reference_advance not in (None, 1, k) or isinstance(cfg.reference_advance, bool):
+        raise FlytError(f"config key 'reference_advance' must be null, 1 or inner_steps ({k}), got {cfg.reference_advance!r}")
+    for key, low in (("round_steps", 0), ("reference_steps", 1)):
+        value = getattr(it, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            kind = "a non-negative" if low == 0 else "a positive"
+            raise FlytError(f"config key 'iterative.{key}' must be {kind} integer, got {value!r}")
+    if it.scs_total is not None and (not isinstance(it.scs_total, int) or isinstance(it.scs_total, bool)
+                                     or it.scs_total < 1):
+        raise FlytError(f"config key 'iterative.scs_total' must be null or a positive integer, got {it.scs_total!r}")
+    p = it.scs_penalty
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 < p <= SCS_MAX_PENALTY:
+        raise FlytError(f"config key 'iterative.scs_penalty' must be a number in (0, {SCS_MAX_PENALTY:g}], got {p!r}")
+    if cfg.reference.kind != "embedding":
+        if k > 1:
+            raise FlytError(f"config key 'inner_steps' must be 1 with reference.kind {cfg.reference.kind} "
+                            f"(K-step FLYT needs the embedding reference), got {k}")
+        if it.round_steps:
+            raise FlytError(f"config key 'iterative.round_steps' must be 0 with reference.kind {cfg.reference.kind} "
+                            f"(iterative FLYT needs the embedding reference), got {it.round_steps}")
 
 
 def _check_numbers(cfg: TrainConfig) -> None:

@@ -13,14 +13,12 @@ import contextlib
 import errno
 import json
 import os
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from flyt.errors import FlytError
 from flyt.io.atomic import exclusive_lock, torch_save, write_text
@@ -30,12 +28,15 @@ from flyt.models.checkpoint import save_scorer
 from flyt.models.mixing import ScoreMixer
 from flyt.models.reference import LOGIT_SCALE_MAX, EmbeddingReference
 from flyt.models.scoring_head import SwiGLUScorer
+from flyt.progress import Progress
 from flyt.training import distributed
 from flyt.training.config import TrainConfig, dump
 from flyt.training.downstream import TaskBatch
 from flyt.training.inner_step import AdamWConfig, adamw_init, adamw_step, sgd_step
+from flyt.training.kstep import kstep_meta
 from flyt.training.meta_gradient import meta_gradient
 from flyt.training.resume import check_resume, first_line, read_run_config, restore
+from flyt.training.rounds import Rounds
 from flyt.training.run_dir import LOCK_NAME, check_out, discard, first_missing, remove_run_leftovers
 from flyt.training.schedule import cosine_lr
 from flyt.training.upstream import open_upstream
@@ -47,8 +48,8 @@ def build_scorer(cfg: TrainConfig, pool, image_dim: int, text_dim: int) -> torch
         s = cfg.scorer
         return SwiGLUScorer(image_dim, text_dim, s.hidden_dim, s.depth, s.cosine_init, s.init_noise)
     if isinstance(pool, PoolArrays):
-        return ScoreMixer.fit_statistics(cfg.score_columns, pool.scores)
-    return ScoreMixer(cfg.score_columns, *pool.score_statistics())
+        return ScoreMixer.fit_statistics(cfg.score_columns, pool.scores, clip=cfg.score_clip)
+    return ScoreMixer(cfg.score_columns, *pool.score_statistics(), clip=cfg.score_clip)
 
 
 def sample_task_batch(task, rng: np.random.Generator, size: int, dtype, comm=None) -> TaskBatch:
@@ -93,8 +94,8 @@ class Checkpoints:
     def latest(self) -> Path:
         return self.dir / "latest.pt"
 
-    def maybe_save(self, step_done: int, total: int, make_state) -> None:
-        if step_done % self.every and step_done != total and step_done % self.keep_every:
+    def maybe_save(self, step_done: int, total: int, make_state, force: bool = False) -> None:
+        if not force and step_done % self.every and step_done != total and step_done % self.keep_every:
             return
         state = make_state()
         paths = [self.latest] + ([self.dir / f"step_{step_done:07d}.pt"] if step_done % self.keep_every == 0 else [])
@@ -174,6 +175,7 @@ def _train_held(cfg: TrainConfig, run_dir: Path, checkpoints: Checkpoints, resum
     upstream = open_upstream(cfg)
     held.callback(upstream.close)
     image_dim, text_dim = upstream.dims
+    rounds = Rounds(cfg, upstream)  # iterative FLYT's round boundaries (none unless iterative.round_steps)
     if raw:
         from flyt.training import raw_inputs
 
@@ -199,6 +201,7 @@ def _train_held(cfg: TrainConfig, run_dir: Path, checkpoints: Checkpoints, resum
         upstream.restore(ckpt.get("stream"), str(checkpoints.latest))
         start = ckpt["step"]
         applied = ckpt.get("applied", start)  # checkpoints before issue 16 do not count skipped steps
+        rounds.restore(ckpt)
         if comm.rank == 0:
             saved = read_run_config(run_dir / "config.yaml") or {}
             if (saved.get("steps"), saved.get("out")) != (cfg.steps, cfg.out):  # the keys a resume may change
@@ -213,7 +216,7 @@ def _train_held(cfg: TrainConfig, run_dir: Path, checkpoints: Checkpoints, resum
 
     def state_now(step_done: int) -> dict:
         stream = {"stream": upstream.state()} if upstream.streaming else {}  # where the pool stream stands
-        return stream | {
+        return stream | rounds.state() | {
             "step": step_done,
             "applied": applied,
             "scorer": scorer.state_dict(),
@@ -225,47 +228,60 @@ def _train_held(cfg: TrainConfig, run_dir: Path, checkpoints: Checkpoints, resum
             "config": cfg.to_dict(),
         }
 
+    if rounds.due(start):  # resumed with more 'steps' after a last step that closes a round: its transition
+        params, ref_state, _ = rounds.transition(start, scorer, reference, params, ref_state, ref_opt, step_fn, dtype,
+                                                 device)
     n = upstream.rows
     batch = min(cfg.upstream_batch, n)
     if batch < comm.world:
         raise FlytError(f"upstream_batch {batch} is smaller than the {comm.world} data-parallel processes")
-    show = (sys.stderr.isatty() if progress is None else progress) and comm.rank == 0
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not show, desc=cfg.mode)
+    # progress: flyt.progress's show (None: a bar on a terminal only); the other ranks show nothing
+    bar = Progress(cfg.steps, cfg.mode, unit="step", show=progress if comm.rank == 0 else False, initial=start)
     # only rank 0 writes metrics and checkpoints; the others hold an unused handle
     with open(metrics_path if comm.rank == 0 else os.devnull, "a") as metrics:
-        for step in bar:
+        for step in bar.iterate(range(start, cfg.steps)):
             t0 = time.perf_counter()
             rng = np.random.default_rng([cfg.seed, step])
-            up = upstream.draw(rng, batch)  # the global batch; every rank keeps its contiguous chunk
-            # the scorer's input: the pool's frozen embeddings
-            emb_image = torch.as_tensor(comm.chunk(up.image), dtype=dtype, device=device)
-            emb_text = torch.as_tensor(comm.chunk(up.text), dtype=dtype, device=device)
-            if raw:  # the reference's input: the same examples' raw pixels and tokens, by uid
-                up_image, up_text = raw_inputs.upstream_inputs(reference, pairs, comm.chunk(up.uids), device)
-                task_batches = [raw_inputs.task_batch(reference, t, rng, cfg.downstream_batch, comm, device)
-                                for t in tasks]
-            else:
-                up_image, up_text = emb_image, emb_text
+            if cfg.inner_steps > 1:  # K-step FLYT (training/kstep.py): K upstream batches, then the tasks'
+                draws = [upstream.draw(rng, batch) for _ in range(cfg.inner_steps)]
                 task_batches = [sample_task_batch(t, rng, cfg.downstream_batch, dtype, comm) for t in tasks]
-
-            # w = softmax(q_phi(x_B)) over the whole global batch (scores gathered before the softmax)
-            if cfg.mode == "flyt":
-                scores = scorer(emb_image, emb_text)
+                meta = kstep_meta(cfg, scorer, draws, task_batches, reference, params, ref_state, psi, ref_opt,
+                                  step_fn, comm, dtype, device)
+                log_w = meta.log_weights
             else:
-                scores = scorer(torch.as_tensor(comm.chunk(up.scores), device=device))
-            log_w = torch.log_softmax(comm.gather_with_grad(scores, batch), dim=0)
+                up = upstream.draw(rng, batch)  # the global batch; every rank keeps its contiguous chunk
+                # the scorer's input: the pool's frozen embeddings
+                emb_image = torch.as_tensor(comm.chunk(up.image), dtype=dtype, device=device)
+                emb_text = torch.as_tensor(comm.chunk(up.text), dtype=dtype, device=device)
+                if raw:  # the reference's input: the same examples' raw pixels and tokens, by uid
+                    up_image, up_text = raw_inputs.upstream_inputs(reference, pairs, comm.chunk(up.uids), device)
+                    task_batches = [raw_inputs.task_batch(reference, t, rng, cfg.downstream_batch, comm, device)
+                                    for t in tasks]
+                else:
+                    up_image, up_text = emb_image, emb_text
+                    task_batches = [sample_task_batch(t, rng, cfg.downstream_batch, dtype, comm) for t in tasks]
 
-            meta = meta_gradient(
-                reference, params, ref_state, psi, up_image, up_text, log_w, task_batches, ref_opt, step_fn,
-                comm=comm, chunk=r.chunk_size if raw else None,
-            )
+                # w = softmax(q_phi(x_B)) over the whole global batch (scores gathered before the softmax)
+                if cfg.mode == "flyt":
+                    scores = scorer(emb_image, emb_text)
+                else:
+                    scores = scorer(torch.as_tensor(comm.chunk(up.scores), device=device))
+                log_w = torch.log_softmax(comm.gather_with_grad(scores, batch), dim=0)
+
+                meta = meta_gradient(
+                    reference, params, ref_state, psi, up_image, up_text, log_w, task_batches, ref_opt, step_fn,
+                    comm=comm, chunk=r.chunk_size if raw else None,
+                )
 
             # Scorer step: d/dphi < log_softmax(q_phi(x_B)), sg(dL_down/dlog w) > is the meta-gradient.
             lr = cosine_lr(step, cfg.scorer_lr, cfg.warmup_steps, cfg.steps)
             for group in scorer_opt.param_groups:
                 group["lr"] = lr
             scorer_opt.zero_grad(set_to_none=True)
-            (log_w * meta.grad_log_weights).sum().backward()
+            if cfg.inner_steps > 1:
+                meta.backward()  # sum over the K batches, one batch's scorer graph at a time
+            else:
+                (log_w * meta.grad_log_weights).sum().backward()
             comm.sum_grads(scorer)  # each rank back-propagated through its own chunk of the scores
             finite = bool(torch.isfinite(meta.grad_log_weights).all()) and all(
                 torch.isfinite(p.grad).all() for p in scorer.parameters() if p.grad is not None
@@ -294,10 +310,14 @@ def _train_held(cfg: TrainConfig, run_dir: Path, checkpoints: Checkpoints, resum
             }
             if cfg.mode == "mflyt":
                 row["weights"] = scorer.weights()
+            if rounds.ends_round(step + 1):  # iterative FLYT: re-score the pool, draw it, continue the reference
+                params, ref_state, row["round"] = rounds.transition(step + 1, scorer, reference, params, ref_state,
+                                                                    ref_opt, step_fn, dtype, device)
             if comm.rank == 0:
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
-                checkpoints.maybe_save(step + 1, cfg.steps, lambda done=step + 1: state_now(done))
+                # a checkpoint after every round's transition: a killed run resumes in the round it was in
+                checkpoints.maybe_save(step + 1, cfg.steps, lambda done=step + 1: state_now(done), force="round" in row)
             bar.set_postfix(down=f"{meta.downstream_loss:.4f}", up=f"{meta.upstream_loss:.3f}")
 
     if applied == 0:
