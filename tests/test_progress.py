@@ -90,11 +90,15 @@ def _on_a_terminal(argv, size=(40, 110), timeout=120) -> str:
 
 
 BAR_SCRIPT = """
-from flyt.progress import Progress
+from flyt.progress import Progress, quiet
 for show in (True, None):
     with Progress(50, f"ptybar-{show}", unit="step", show=show) as bar:
         for _ in range(50):
             bar.update(1)
+with quiet():  # a library's default bar (show=None) is silenced; an explicit one is not
+    for show in (None, True):
+        for _ in Progress(3, f"quiet-{show}", show=show).iterate(range(3)):
+            pass
 """
 
 
@@ -105,6 +109,7 @@ def test_a_terminal_gets_a_tqdm_bar(size):
         final = re.search(rf"ptybar-{show}: 100%\|█+\| 50/50 \[[\d:]+<[\d:]+, +[\d.]+step/s\]", text)
         assert final, text  # the bar, its count, elapsed<ETA and rate
     assert "\r" in text.replace("\r\n", "") and "ETA" not in text  # drawn in place, not as lines
+    assert "quiet-True: 100%" in text and "quiet-None" not in text
 
 
 # ---------------------------------------------------------------- the demo
@@ -131,6 +136,7 @@ def test_demo_on_a_terminal_opens_with_its_plan_and_draws_each_stage(terminal_ru
     for desc in BARS:
         assert re.search(rf"(^|\r|\n){re.escape(desc)}: 100%\|█+\| .*/s[,\]]", text), (desc, text[-4000:])
     assert "wrote" in text and "report.html" in text
+    assert "sample: " not in text  # the subset draws' own bars are kept quiet
 
 
 def test_a_finished_runs_plan_says_its_stages_are_cached(terminal_run, monkeypatch):

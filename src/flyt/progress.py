@@ -10,14 +10,16 @@ One object for every long loop of flyt (asset rendering, embedding, training, sc
 
 - ``False``: nothing at all.
 - ``None``: a tqdm bar when the stream is a terminal, nothing otherwise (what ``flyt train`` / ``flyt
-  score`` / ``flyt embed`` always did: their stderr stays one line on an error when redirected).
+  score`` / ``flyt embed`` always did: their stderr stays one line on an error when redirected); nothing
+  at all inside ``with quiet():``.
 - ``True``: a tqdm bar (rate and ETA) on a terminal; otherwise one line each time the count crosses
   another tenth of ``total`` (at most one line per ``update``, so ~10 lines whatever the step size),
   each with the count, the rate since the start and the ETA = left / rate. Lines are flushed at once,
   so a log file shows where a run stands while it runs.
 
 The rate counts only what this object advanced (``initial``, e.g. the steps before a resume, is not
-work done now), so the ETA of a resumed run is right from its first line.
+work done now), so the ETA of a resumed run is right from its first line. A total of 0 (everything
+cached) shows nothing. Text printed while a bar may be on screen goes through ``printing()``.
 """
 
 from __future__ import annotations
@@ -45,9 +47,23 @@ def _columns(stream) -> int:
     return size.columns if size.lines > 0 else 0
 
 
+_quiet = [0]  # depth of quiet() blocks
+
+
+@contextlib.contextmanager
+def quiet():
+    """Inside: ``show=None`` (a library's default: a bar on a terminal only) shows nothing. For the short
+    inner loops of a stage that shows its own progress (the demo's subset draws)."""
+    _quiet[0] += 1
+    try:
+        yield
+    finally:
+        _quiet[0] -= 1
+
+
 def mode(show: bool | None, stream=None) -> str:
     """``"bar"``, ``"lines"`` or ``"off"`` for ``show`` on ``stream`` (see the module doc)."""
-    if show is False:
+    if show is False or (show is None and _quiet[0]):
         return "off"
     if is_terminal(stream if stream is not None else sys.stderr):
         return "bar"

@@ -55,7 +55,7 @@ from flyt.io.scores import ScoreDirs
 from flyt.io.tasks import Task
 from flyt.pipeline.demo_plan import demo_plan, plan_lines
 from flyt.pipeline.score import score_pool
-from flyt.progress import Progress, printing
+from flyt.progress import Progress, printing, quiet
 from flyt.scorers.registry import ScorerOptions
 
 
@@ -177,7 +177,8 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
     t = time.perf_counter()
     strategies = demo_strategies(cfg.fractions, cfg.penalties, cfg.random_fraction)
     context = DrawContext(raw.uids, score_dirs, cfg.student.samples_seen, cfg.validation_seed)
-    drawn = {s.name: [s.draw(value, context) for value in s.options] for s in strategies}
+    with quiet():  # each draw is quick: no bars of its own
+        drawn = {s.name: [s.draw(value, context) for value in s.options] for s in strategies}
     students = StudentRuns(out / "students", key, raw, cfg.student)
     grid = [(s.name, i) for s in strategies if s.chooses for i in range(len(s.options))]
     vseeds = tuple(cfg.validation_seeds) or (cfg.validation_seed,)

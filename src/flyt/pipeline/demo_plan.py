@@ -27,30 +27,33 @@ from flyt.bench.strategies import demo_strategies
 from flyt.io.cache import cache_dir
 from flyt.progress import duration
 
-# ---- per-unit costs (benchmarks/demo_costs.py on the 2-core VM, 2026-12-02, two runs, the lower kept;
-# the machine was shared with other jobs, which makes every figure up to ~3x slower) -----------------
-# Downloads (network-bound): seconds of each step in a first `flyt embed bench` that day (its markers).
-FETCH_S = {"deb:fonts-noto-color-emoji": 1.1, "deb:unicode-data": 0.7, "deb:tuxpaint-stamps-default": 7.4,
-           "deb:openclipart-svg": 1.5, "deb:papirus-icon-theme": 1.9, "deb:dataset-fashion-mnist": 0.7, "npm": 8.8}
+# ---- per-unit costs: benchmarks/demo_costs.py on the 2-core VM, 2026-12-02, three runs while other
+# jobs shared the machine (load average 3.5-7); each figure is the lowest of the three. The same small
+# runs came out 2-10x slower at the busiest (docs/benchmarks.md, "Demo progress"). -------------------
+# Downloads (network-bound): seconds of each step in that day's first `flyt embed bench` (its markers).
+FETCH_S = {"deb:fonts-noto-color-emoji": 1.1, "deb:unicode-data": 1.0, "deb:tuxpaint-stamps-default": 7.4,
+           "deb:openclipart-svg": 1.5, "deb:papirus-icon-theme": 1.9, "deb:dataset-fashion-mnist": 0.7, "npm": 8.8,
+           "deb:pychess": 1.0, "npm-icons": 1.1}
 FETCH_DEFAULT_S = 5.0  # a package not measured
 # Rendering, seconds per image (2 worker processes), and the images each source lists.
-RENDER_S_PER_IMAGE = {"noto": 0.0018, "twemoji": 0.0007, "tuxpaint": 0.0061, "openclipart": 0.0077,
-                      "papirus": 0.0082, "openmoji": 0.0030, "fluent": 0.0029, "fashion_mnist": 0.0008,
-                      "digits": 0.0013}
+RENDER_S_PER_IMAGE = {"noto": 0.0014, "twemoji": 0.0007, "tuxpaint": 0.0058, "openclipart": 0.0049,
+                      "papirus": 0.0030, "openmoji": 0.0026, "fluent": 0.0029, "fashion_mnist": 0.0004,
+                      "digits": 0.0005, "flags": 0.0030, "chess": 0.0023, "remix_icons": 0.0016, "animal_emoji": 0.0032}
 RENDER_IMAGES = {"noto": 3655, "twemoji": 1911, "tuxpaint": 950, "openclipart": 7594, "papirus": 5819,
-                 "openmoji": 1914, "fluent": 1242, "fashion_mnist": 3000, "digits": 1797}
+                 "openmoji": 1914, "fluent": 1242, "fashion_mnist": 3000, "digits": 1797, "flags": 513, "chess": 408,
+                 "remix_icons": 1669, "animal_emoji": 251}
 RENDER_DEFAULT = (0.005, 2000)  # a source not measured: seconds per image, images
 # Embedding with the offline encoder (PNG decode included), and loading its two models.
-EMBED_S_PER_IMAGE, EMBED_S_PER_TEXT, EMBED_LOAD_S = 0.0123, 0.0032, 4.9
+EMBED_S_PER_IMAGE, EMBED_S_PER_TEXT, EMBED_LOAD_S = 0.0123, 0.0032, 3.8
 # Students in lockstep: seconds per step of K students (batch 512, dim 128) = a + b K; a zero-shot evaluation.
 STUDENT_STEP_S = (0.001, 0.0054)
 STUDENT_BATCH = 512
-STUDENT_EVAL_S = 0.01
+STUDENT_EVAL_S = 0.007
 # Scoring: the baseline scorers (fit + score) and a trained scorer, seconds per pool row.
-BASELINES_S_PER_ROW = 0.00053
-SCORER_S_PER_ROW = 0.00002
+BASELINES_S_PER_ROW = 0.0004
+SCORER_S_PER_ROW = 0.000015
 # FLYT / M-FLYT, seconds per step at upstream 1024 / downstream 256 (4 tasks), and a run's start.
-FLYT_STEP_S, MFLYT_STEP_S, TRAIN_START_S = 0.28, 0.24, 1.0
+FLYT_STEP_S, MFLYT_STEP_S, TRAIN_START_S = 0.12, 0.11, 0.7
 REPORT_S = 5.0  # plots, thumbnails, results (docs/benchmarks.md "Demo": 4 s)
 
 

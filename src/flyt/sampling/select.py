@@ -29,16 +29,15 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from flyt.errors import FlytError
 from flyt.io.uids import UID_DTYPE
+from flyt.progress import Progress
 from flyt.sampling import external
 from flyt.sampling.order import uid_order
 from flyt.sampling.randomness import checksum, combine_checksums, fingerprint
@@ -357,7 +356,8 @@ def select(
         # Engines take module-level functions (Ray), so each item carries its step.
         results = map_shards(_apply, [(step, item) for item in items], workers)
         name = type(step).__name__.strip("_").lower()
-        return tqdm(results, total=len(items), desc=f"sample: {name}", unit="shard", disable=not sys.stderr.isatty())
+        # a bar on a terminal only (flyt.progress's show=None), and none inside flyt.progress.quiet()
+        return Progress(len(items), f"sample: {name}", unit="shard", show=None).iterate(results)
 
     sources = list(sources)
     if not sources:
