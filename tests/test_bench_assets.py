@@ -82,6 +82,9 @@ def _fake_cache(cache, n=40):
                                               "subgroup": "train" if i < 40 else "test"} for i in range(60)])
     _write_rendered(cache, "digits", [{"key": str(i), "image": png(colours()), "text": str(i % 10), "group": str(i % 10)}
                                       for i in range(40)])
+    _write_rendered(cache, "general_emoji", [{"key": f"{st}/e{c}", "image": png(colours()), "text": f"emoji {c}",
+                                              "group": f"emoji {c}", "subgroup": st}
+                                             for c in range(6) for st in ("one", "two")])
     write_tiny_heldout(cache)
     for step in [f"deb:{p}" for p in assets.DEBS] + list(assets.NPM_SETS) + [assets.render_step(s) for s in assets.SOURCES]:
         write_json({"seconds": 0.0}, assets._marker(cache, step))
@@ -136,9 +139,11 @@ def test_build_benchmark_end_to_end_with_fake_encoder(tmp_path):
     assert (loaded["truth"].column("uid").to_numpy(zero_copy_only=False) == loaded["pool"].uids).all()
     assert [t.name for t in loaded["tasks"]] == sorted(summary["tasks"])
     names = sorted(p.name for p in (out / "tasks").iterdir())
-    assert names == ["digits", "fashion_mnist", "fluent_subgroups", "openmoji_groups"]
+    assert names == ["digits", "emoji_names", "fashion_mnist", "fluent_subgroups", "openmoji_groups"]
     tasks = [load_task(out / "tasks" / n) for n in names]
-    fm = tasks[1]
+    general = tasks[1]  # the general task: each class's two drawings split one to train, one to test
+    assert general.num_classes == 6 and sorted(general.train.labels) == sorted(general.test.labels) == list(range(6))
+    fm = tasks[2]
     assert fm.num_classes == 10 and len(fm.train.labels) == 40 and len(fm.test.labels) == 20
     assert json.loads((out / "benchmark.json").read_text())["tasks"]["digits"]["classes"] == 10
     # The held-out tasks: their own folder, prompts and a test split only; the task reader reads them

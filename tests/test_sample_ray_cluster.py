@@ -10,7 +10,6 @@ import json
 import pytest
 
 from _sample_helpers import small_pool, write_scores
-from flyt.errors import FlytError
 
 ray = pytest.importorskip("ray")
 
@@ -85,21 +84,3 @@ def test_tasks_ran_on_both_nodes(cluster, scores_dir, tmp_path):
     draw(scores_dir, tmp_path / "ray.npy", "ray", 2, METHODS["scs-external"], spill_dir=tmp_path)
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(nodes) == 2 and set(tasks_per_node) == nodes, dict(tasks_per_node)
-
-
-@pytest.mark.parametrize("make", ["missing", "file"])
-def test_bad_spill_dir_is_one_line(scores_dir, tmp_path, make, capsys):
-    from flyt.cli.main import main
-
-    spill = tmp_path / "spill"
-    if make == "file":
-        spill.write_text("")
-    rc = main(["sample", "--scores", str(scores_dir), "--column", "clip", "--method", "topk", "--fraction", "0.3",
-               "--out", str(tmp_path / "s.npy"), "--spill-dir", str(spill)])
-    err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and f"--spill-dir {spill}: no such directory" in err
-    assert "every node can reach" in err
-    with pytest.raises(FlytError, match="--spill-dir"):
-        import flyt
-
-        flyt.sample(scores=scores_dir, column="clip", method="topk", fraction=0.3, spill_dir=spill)

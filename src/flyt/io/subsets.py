@@ -9,7 +9,12 @@ For subsets too large for one file (DataComp xlarge: 12.8B rows, 205 GB), the *p
 directory of ``part-NNNNN.npy`` files, each a sorted ``.npy`` of at most ``part_rows`` rows covering a
 contiguous uid range (so their concatenation is the single sorted file, byte for byte after the
 headers), and ``manifest.json``: ``{"format": "flyt-subset-parts", "rows", "part_rows", "parts":
-[{"file", "rows"}], "sha256"}`` where sha256 is that of the concatenated rows (the single file's data)."""
+[{"file", "rows"}], "sha256"}`` where sha256 is that of the concatenated rows (the single file's data).
+
+Readers: ``open_subset`` opens either form for streaming (``Subset.blocks`` reads the rows in order,
+part by part; ``Subset.locate`` finds a uid's first row and copies by binary search in memory maps,
+across part boundaries; the order check and the identity hash take one pass); ``flyt reshard`` and
+``subset_stream`` use it. ``read_subset`` returns the whole subset as one array (small subsets, tests)."""
 
 from __future__ import annotations
 

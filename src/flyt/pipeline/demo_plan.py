@@ -175,8 +175,8 @@ def demo_plan(cfg, scorer_config: Callable, task_dirs: Callable) -> list[Stage]:
 def plan_lines(stages: list[Stage]) -> list[str]:
     """The plan as the demo prints it: one line per stage, then the total of what is not cached."""
     todo = sum(st.seconds for st in stages if not st.cached)
-    lines = [f"plan: {len(stages)} stages, ~{duration(todo)} of work not cached (rough: per-unit costs measured "
-             "on a 2-core machine, flyt.pipeline.demo_plan)"]
+    lines = [f"plan: {len(stages)} stages, ~{duration(todo)} of work not cached (rough: costs measured on a shared "
+             "2-core machine at its least busy; longer on a busy one)"]
     width = max(len(st.name) for st in stages)
     for i, st in enumerate(stages, 1):
         when = "cached" if st.cached else f"~{duration(st.seconds)}"

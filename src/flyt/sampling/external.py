@@ -187,8 +187,8 @@ def pairs_at(run_paths: list[str], run_rows: np.ndarray, offsets: np.ndarray, in
     run = np.searchsorted(offsets, index, side="right") - 1
     for r in np.unique(run):
         sel = np.flatnonzero(run == r)
-        for j, i in zip(sel, index[sel] - offsets[r]):  # a few rows: read each, map nothing
-            out[j] = np.fromfile(run_paths[r], dtype=UID_DTYPE, count=1, offset=16 * int(i))[0]
+        m = np.memmap(run_paths[r], dtype=UID_DTYPE, mode="r", shape=(int(run_rows[r]),))
+        out[sel] = m[index[sel] - offsets[r]]
     return out
 
 
