@@ -86,14 +86,21 @@ def generate(root: Path, rows: int, shard_rows: int, topics: int, dup_fraction: 
 
 
 class PeakRSS:
-    """Largest total resident set of this process and its descendants, sampled every ``every`` s."""
+    """Largest total resident set of this process and its descendants, sampled every ``every`` s, and
+    their CPU time (user + system, the last sample of each process: a process's final half second
+    may be missed)."""
 
     def __init__(self, every: float = 0.5):
         self.every, self.peak, self._stop = every, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._cpu: dict[int, float] = {}
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self._cpu.values())
 
     @staticmethod
-    def _tree_rss(root: int) -> int:
+    def _tree(root: int) -> set:
         parent = {}
         for d in os.listdir("/proc"):
             if d.isdigit():
@@ -108,18 +115,24 @@ class PeakRSS:
             kids = [c for c, pp in parent.items() if pp == p and c not in tree]
             tree.update(kids)
             todo += kids
-        total = 0
-        for p in tree:
+        return tree
+
+    def _sample(self) -> None:
+        total, tick = 0, os.sysconf("SC_CLK_TCK")
+        for p in self._tree(os.getpid()):
             try:
                 with open(f"/proc/{p}/status") as f:
                     total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) * 1024
-            except (OSError, StopIteration):
+                with open(f"/proc/{p}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                self._cpu[p] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            except (OSError, StopIteration, IndexError, ValueError):
                 pass
-        return total
+        self.peak = max(self.peak, total)
 
     def _run(self):
         while not self._stop.wait(self.every):
-            self.peak = max(self.peak, self._tree_rss(os.getpid()))
+            self._sample()
 
     def __enter__(self):
         self._thread.start()
@@ -165,7 +178,9 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=ScorerOptions().dedup_clusters)
     ap.add_argument("--max-cluster", type=int, default=ScorerOptions().dedup_max_cluster)
     ap.add_argument("--threshold", type=float, default=ScorerOptions().dedup_threshold)
-    ap.add_argument("--dir", default=None, help="work directory (default: a temporary one, removed at the end)")
+    ap.add_argument("--split", choices=["exact", "fast"], default=ScorerOptions().dedup_split)
+    ap.add_argument("--dir", default=None, help="work directory, kept (its pool is reused when present; default: a "
+                    "temporary one, removed at the end)")
     args = ap.parse_args()
 
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="flyt-dedup-bench-"))
@@ -179,14 +194,16 @@ def main() -> None:
         print(f"pool: {args.rows:,} rows x {D}-d fp16 in {len(list(pool.glob('*.npz')))} shards, "
               f"{disk / 2**30:.2f} GiB, generated in {gen:.0f} s")
         shutil.rmtree(out, ignore_errors=True)
-        opts = ScorerOptions(dedup_clusters=args.clusters, dedup_max_cluster=args.max_cluster, dedup_threshold=args.threshold)
+        opts = ScorerOptions(dedup_clusters=args.clusters, dedup_max_cluster=args.max_cluster, dedup_threshold=args.threshold,
+                             dedup_split=args.split)
         with PeakRSS() as rss:
             t0 = time.perf_counter()
             result = score(pool=pool, out=out, scorers=["dedup"], pair="b32", workers=args.workers, options=opts,
                            progress=False)
             total = time.perf_counter() - t0
         print(f"dedup: {total:.0f} s = {total / 60:.1f} min end to end, {args.rows / total:,.0f} rows/s; "
-              f"peak RSS (process + workers) {rss.peak / 2**30:.2f} GiB")
+              f"peak RSS (process + workers) {rss.peak / 2**30:.2f} GiB; CPU {rss.cpu_seconds:.0f} s "
+              f"(user + system, process + workers)")
         staged = 0.0
         for s in result.stages:
             staged += s.seconds

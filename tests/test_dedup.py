@@ -192,6 +192,19 @@ def test_oversized_cluster_split_equals_unbounded(tmp_path):
     grouped = a["dedup_group_size"] > 1
     assert np.array_equal(a["dedup_nearest"][grouped], b["dedup_nearest"][grouped])
     assert (b["dedup_nearest"][~grouped] <= a["dedup_nearest"][~grouped]).all()
+    # --dedup-split fast partitions: its groups refine the exact ones (a pair across a boundary is lost),
+    # exact copies (same embedding, same image hash) still always share a group.
+    run(pool, tmp_path / "fast", dedup_clusters=1, dedup_threshold=0.97, dedup_max_cluster=100, dedup_split="fast")
+    f = by_uid(tmp_path / "fast")
+    for g in np.unique(f["dedup_group"]):
+        assert len(np.unique(a["dedup_group"][f["dedup_group"] == g])) == 1
+    o = np.argsort(uids)
+    kinds = np.concatenate([kind, np.full(150, "blob")])[o]
+    labels = np.concatenate([label, np.full(150, -1)])[o]
+    for k in ("exact", "hash"):
+        mine = kinds == k
+        assert pair_scores(f["dedup_group"][mine], labels[mine])[1] == 1.0
+    print(f"fast split: {len(np.unique(f['dedup_group']))} groups against {len(np.unique(a['dedup_group']))} exact")
     order = np.argsort(uids)  # the split really happens: overlapping leaves of about 100 rows
     leaves = split_leaves(emb[order].astype(np.float16), uids_to_pairs(uids[order]), np.arange(len(uids)), 100, 0.97, 0)
     assert len(leaves) > 5 and max(len(v) for v in leaves) < len(uids) / 4

@@ -59,6 +59,10 @@ def add_parser(subparsers) -> None:
                    help="dedup: rows with cosine >= this are linked; groups are the connected components")
     p.add_argument("--dedup-max-cluster", type=int, default=d.dedup_max_cluster,
                    help="dedup: clusters with more rows are split by k-means (exact duplicates kept together)")
+    p.add_argument("--dedup-split", choices=["exact", "fast"], default=d.dedup_split,
+                   help="dedup: clusters over --dedup-max-cluster are covered by overlapping leaves that lose no linked "
+                   "pair (exact) or partitioned, faster where clusters have no clear sub-structure, losing pairs that "
+                   "straddle a boundary (fast)")
     p.add_argument("--dedup-sample", type=int, default=d.dedup_sample, help="dedup: pool rows the k-means is fitted on")
     p.add_argument("--dedup-hash", default=d.dedup_hash, metavar="COLUMN|auto|none",
                    help="dedup: pool column of image hashes whose equal values always group (auto: sha256 when present)")

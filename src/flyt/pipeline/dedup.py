@@ -107,6 +107,7 @@ class Settings:
     threshold: float
     max_cluster: int
     seed: int
+    split: str = "exact"
 
     @property
     def centroids(self) -> np.ndarray:
@@ -333,7 +334,7 @@ def solve_range(job: SolveJob) -> SolveResult:
         pairs = np.empty(b - a, dtype=[("f0", "<u8"), ("f1", "<u8")])
         pairs["f0"], pairs["f1"] = rows["f0"][a:b], rows["f1"][a:b]
         cols = solve_cluster(emb[order[a:b]], pairs, rows["exact"][a:b], rows["hash"][a:b], centroids[c],
-                             st.threshold, st.max_cluster, st.seed)
+                             st.threshold, st.max_cluster, st.seed, st.split)
         out["group"][a:b], out["size"][a:b] = cols["dedup_group"], cols["dedup_group_size"]
         out["keep"][a:b], out["nearest"][a:b] = cols["dedup_keep"], cols["dedup_nearest"]
         largest = max(largest, b - a)
@@ -355,7 +356,7 @@ def run_pool_pass(scorer: Dedup, sources: list[PoolShard], work: Path, map_shard
     total = sum(s.rows for _, s in live)
     hash_column = resolve_hash_column(sources, scorer.hash_column)
     settings = Settings(str(work), scorer.embedding, dims, batch_rows, hash_column, scorer.threshold,
-                        scorer.max_cluster, scorer.seed)
+                        scorer.max_cluster, scorer.seed, scorer.split)
     report.hash_column = hash_column
 
     def timed(name: str, rows: int, fn):

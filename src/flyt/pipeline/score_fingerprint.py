@@ -49,7 +49,8 @@ OPTIONS_READ = {
     "negclip_loss": ("negclip_batches", "negclip_batch_size", "teacher_temperature"),
     "classifier": ("classifier_negatives",),
     "image_based": ("clusters", "kmeans_sample"),
-    "dedup": ("dedup_embedding", "dedup_clusters", "dedup_threshold", "dedup_max_cluster", "dedup_sample", "dedup_hash"),
+    "dedup": ("dedup_embedding", "dedup_clusters", "dedup_threshold", "dedup_max_cluster", "dedup_sample", "dedup_hash",
+              "dedup_split"),
     "contamination": (),
 }
 SAMPLES_POOL = {"negclip_loss", "classifier", "image_based", "dedup"}

@@ -17,7 +17,9 @@ of the two cosines):
      (``split_leaves``: k-means on a uid-keyed sample; a row near a boundary joins the neighbouring
      leaf too, by a bound that keeps every linked pair together), recursively, unless a split would
      not halve the pairs to compare (a dense blob of near copies, or diffuse data): then the rows
-     are solved whole. So the groups never depend on ``max_cluster``; it only trades work;
+     are solved whole. So the groups never depend on ``max_cluster``; it only trades work.
+     ``split="fast"`` partitions instead (each row in its best part only, as SemDeDup splits): less
+     work on diffuse data, but a linked pair across a boundary is lost (measured in docs/benchmarks.md);
    - in each leaf, pairwise cosines of one representative per embedding class, in square tiles of
      at most ``PAIR_BLOCK`` similarities (upper triangle only), float32 products, one thread, so the
      memory of a cluster is its rows plus one tile, whatever its size;
@@ -66,6 +68,7 @@ from flyt.scorers.base import FitContext, Scorer
 
 COLUMNS = ("dedup_group", "dedup_group_size", "dedup_keep", "dedup_nearest")
 EMBEDDINGS = ("image", "image+text")
+SPLITS = ("exact", "fast")  # oversized clusters: overlapping leaves that lose no pair, or a plain partition
 PAIR_BLOCK = 1 << 22  # similarities held at once per leaf (16 MiB of float32)
 SPLIT_SAMPLE = 64  # sample classes per sub-centroid when a cluster is split
 MAX_SPLIT_DEPTH = 24
@@ -194,7 +197,7 @@ def exact_classes(exact: np.ndarray, hashes: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- one cluster
-def split_parts(emb: np.ndarray, idx: np.ndarray, centroids: np.ndarray, threshold: float) -> list[np.ndarray]:
+def split_parts(emb: np.ndarray, idx: np.ndarray, centroids: np.ndarray, threshold: float, exact: bool = True) -> list[np.ndarray]:
     """The rows of ``idx`` in each part of ``split_leaves`` (its docstring): rows are scored against the
     centroids a block at a time (float32, fixed blocks, one thread each), so memory stays at a block."""
     import torch
@@ -202,6 +205,8 @@ def split_parts(emb: np.ndarray, idx: np.ndarray, centroids: np.ndarray, thresho
     c_t = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32)).T.contiguous()
     c64 = centroids.astype(np.float64)
     bound = reach(threshold) * np.sqrt(np.maximum(0.0, 2 - 2 * (c64 @ c64.T)))  # r |c_a - c_p|, unit centroids
+    if not exact:  # "fast": every row in its own part only (a pair across a boundary is lost)
+        bound[:] = -np.inf
 
     def block(lo: int, hi: int) -> np.ndarray:
         scores = (padded(emb[idx[lo:hi]], 0, hi - lo) @ c_t).numpy()[: hi - lo]
@@ -228,7 +233,7 @@ def reach(threshold: float) -> float:
 
 
 def split_leaves(emb: np.ndarray, pairs: np.ndarray, idx: np.ndarray, max_cluster: int, threshold: float,
-                 seed: int, depth: int = 0) -> list[np.ndarray]:
+                 seed: int, depth: int = 0, exact: bool = True) -> list[np.ndarray]:
     """Cover the rows ``idx`` (sorted) of a cluster with leaves of about ``max_cluster`` rows such that
     every pair with cosine >= ``threshold`` is together in some leaf: so the groups equal those of the
     whole cluster, however it is split.
@@ -253,12 +258,12 @@ def split_leaves(emb: np.ndarray, pairs: np.ndarray, idx: np.ndarray, max_cluste
     if len(np.unique(emb[sample], axis=0)) < k:
         return [idx]
     centroids = fit_unit_centroids(emb[sample].astype(np.float32), k, seed + depth)
-    parts = [p for p in split_parts(emb, idx, centroids, threshold) if len(p)]
+    parts = [p for p in split_parts(emb, idx, centroids, threshold, exact) if len(p)]
     if sum(len(p) ** 2 for p in parts) > len(idx) ** 2 // 2:  # the pairs to compare would not halve
         return [idx]
     leaves = []
     for part in parts:
-        leaves += split_leaves(emb, pairs, part, max_cluster, threshold, seed, depth + 1)
+        leaves += split_leaves(emb, pairs, part, max_cluster, threshold, seed, depth + 1, exact)
     return leaves
 
 
@@ -316,7 +321,7 @@ def centroid_cosines(x: np.ndarray, centroid: np.ndarray) -> np.ndarray:
 
 
 def solve_cluster(emb: np.ndarray, pairs: np.ndarray, exact: np.ndarray, hashes: np.ndarray, centroid: np.ndarray,
-                  threshold: float, max_cluster: int, seed: int) -> dict[str, np.ndarray]:
+                  threshold: float, max_cluster: int, seed: int, split: str = "exact") -> dict[str, np.ndarray]:
     """The four dedup columns of one k-means cluster (rows in uid order; module doc, step 3)."""
     m = len(pairs)
     roots = exact_classes(exact, hashes)
@@ -324,7 +329,7 @@ def solve_cluster(emb: np.ndarray, pairs: np.ndarray, exact: np.ndarray, hashes:
     uf = UnionFind(m)
     uf.union(np.arange(m), roots)
     nearest = np.full(m, -np.inf, dtype=np.float32)
-    for leaf in split_leaves(emb, pairs, np.arange(m), max_cluster, threshold, seed):
+    for leaf in split_leaves(emb, pairs, np.arange(m), max_cluster, threshold, seed, exact=split == "exact"):
         # One representative per embedding digest: copies share every similarity.
         _, first, rep_of = np.unique(exact[leaf], return_index=True, return_inverse=True)
         reps = leaf[first]
@@ -394,7 +399,10 @@ class Dedup(Scorer):
     pool_wide = True
 
     def __init__(self, embedding: str = "image", clusters: int = 1024, threshold: float = 0.95,
-                 max_cluster: int = 4096, sample: int = 50_000, hash_column: str = "auto", spill: str | None = None):
+                 max_cluster: int = 4096, sample: int = 50_000, hash_column: str = "auto", spill: str | None = None,
+                 split: str = "exact"):
+        if split not in SPLITS:
+            raise FlytError(f"option --dedup-split: unknown {split!r} (choose from {', '.join(SPLITS)})")
         if embedding not in EMBEDDINGS:
             raise FlytError(f"option --dedup-embedding: unknown {embedding!r} (choose from {', '.join(EMBEDDINGS)})")
         if not (-1.0 < threshold <= 1.0):
@@ -407,6 +415,7 @@ class Dedup(Scorer):
             raise FlytError(f"option --dedup-sample must be >= 1, got {sample}")
         self.embedding, self.clusters, self.threshold = embedding, clusters, float(threshold)
         self.max_cluster, self.sample, self.hash_column, self.spill = max_cluster, sample, hash_column, spill
+        self.split = split
         self.centroids: np.ndarray | None = None
         self.seed = 0
         self.work: str | None = None  # set by the pool pass: where every row's columns are

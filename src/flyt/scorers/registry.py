@@ -30,6 +30,7 @@ class ScorerOptions:
     dedup_sample: int = 50_000  # pool rows the k-means is fitted on
     dedup_hash: str = "auto"  # image-hash column linking exact copies: auto (sha256 if present), none, or a name
     dedup_spill: str | None = None  # directory for the pool pass's temporary files (default: inside --out)
+    dedup_split: str = "exact"  # oversized clusters: exact (overlapping leaves, no pair lost) | fast (a partition)
 
 
 def _clip(o):
@@ -69,7 +70,7 @@ def _dedup(o):
     from flyt.scorers.dedup import Dedup
 
     return Dedup(o.dedup_embedding, o.dedup_clusters, o.dedup_threshold, o.dedup_max_cluster, o.dedup_sample,
-                 o.dedup_hash, o.dedup_spill)
+                 o.dedup_hash, o.dedup_spill, o.dedup_split)
 
 
 def _contamination(o):
