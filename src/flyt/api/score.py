@@ -27,7 +27,7 @@ class ScoreConfig:
     engine: str = "local"  # local | ray
     pair: str = DEFAULT_PAIR  # DataComp embedding pair (b32 | l14)
     batch_rows: int = 8192
-    seed: int = 0  # seed of the pool samples (negclip_loss, classifier, image_based)
+    seed: int = 0  # seed of the pool samples (negclip_loss, classifier, image_based, dedup)
     options: ScorerOptions = field(default_factory=ScorerOptions)
     progress: bool | None = None  # None: a bar on a terminal only
 

@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="where shards are scored")
     p.add_argument("--pair", choices=["b32", "l14"], default="l14", help="DataComp embedding pair to read")
     p.add_argument("--batch-rows", type=int, default=8192, help="rows read and scored at a time")
-    p.add_argument("--seed", type=int, default=0, help="seed of the pool samples (negclip_loss, classifier, image_based)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pool samples (negclip_loss, classifier, image_based, dedup)")
     p.add_argument("--negclip-batches", type=int, default=d.negclip_batches, help="negclip_loss: reference batches")
     p.add_argument("--negclip-batch-size", type=int, default=d.negclip_batch_size,
                    help="negclip_loss: batch size (the example plus batch-size - 1 pool examples)")
