@@ -110,6 +110,22 @@ def _read_split(path: Path, num_classes: int, image_dim: int | None) -> Split:
     return Split(images, labels)
 
 
+def split_images(directory, split: str, image_dim: int | None, purpose: str) -> np.ndarray:
+    """A task split's image embeddings only, unit-normalised float32 (n, d): what the pool-side scorers
+    compare the pool with (training images for NormSim and friends, test images for decontamination).
+    ``purpose`` completes the missing-file line ("task training images")."""
+    path = Path(directory) / f"{split}.parquet"
+    if not path.is_file():
+        raise FlytError(f"{path}: missing file ({purpose})")
+    m = embedding_matrix(read_table(path, [IMAGE]), IMAGE, str(path))
+    if len(m) == 0:
+        raise FlytError(f"{path}: split has no rows")
+    if image_dim is not None and m.shape[1] != image_dim:
+        raise FlytError(f"{path}: column '{IMAGE}' has dimension {m.shape[1]}, the pool's images have "
+                        f"{image_dim} (embed tasks and pool with the same model)")
+    return l2_normalise(m).astype(np.float32, copy=False)
+
+
 def load_task(directory, image_dim: int | None = None, text_dim: int | None = None, test_only: bool = False) -> Task:
     """Read and validate one task directory. ``test_only``: read the prompts and ``test.parquet``
     only (it must exist); ``train`` is None and no train file is opened."""

@@ -16,14 +16,12 @@ uid columns (keeping only the n best keys in memory) and then one ``take`` of th
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 
 from flyt.errors import FlytError
-from flyt.io.arrays import embedding_matrix, l2_normalise
-from flyt.io.parquet import read_table
-from flyt.io.pool import IMAGE, Batch, PoolShard
+from flyt.io.pool import Batch, PoolShard
+from flyt.io.tasks import split_images
 from flyt.io.uids import uids_to_pairs
 from flyt.sampling.randomness import fingerprint, mix, seed_keys
 
@@ -111,19 +109,6 @@ class PoolContext:
         if self._task_images is None:
             if not self.tasks:
                 raise FlytError("this scorer needs downstream tasks: pass --tasks DIR ...")
-            parts = []
-            for d in self.tasks:
-                path = Path(d) / "train.parquet"
-                if not path.is_file():
-                    raise FlytError(f"{path}: missing file (task training images)")
-                m = embedding_matrix(read_table(path, [IMAGE]), IMAGE, str(path))
-                if len(m) == 0:
-                    raise FlytError(f"{path}: split has no rows")
-                if self.image_dim is not None and m.shape[1] != self.image_dim:
-                    raise FlytError(
-                        f"{path}: column '{IMAGE}' has dimension {m.shape[1]}, the pool's images have "
-                        f"{self.image_dim} (embed tasks and pool with the same model)"
-                    )
-                parts.append(l2_normalise(m))
+            parts = [split_images(d, "train", self.image_dim, "task training images") for d in self.tasks]
             self._task_images = np.concatenate(parts).astype(np.float32)
         return self._task_images

@@ -409,32 +409,6 @@ def _expand(selection: Selection, table: _Table, seed: int, info: dict, spill_di
     return Selection(pairs[order], counts[order], selection.pool_rows, selection.checksum, selection.level)
 
 
-class GroupedSpilledSelection(Selection):
-    """A spilled draw after the split: uid pairs and int64 counts in two files of ``directory``, read-only
-    memory maps as ``pairs`` / ``counts``; ``chunks`` reads them block by block."""
-
-    def __init__(self, directory: Path, stats: dict, pool_rows: int, checksum: int, level: float):
-        self.directory, self.stats = Path(directory), stats
-        n = stats["unique"]
-        maps = [np.memmap(self.directory / name, dtype=dt, mode="r", shape=(n,)) if n else np.zeros(0, dt)
-                for name, dt in (("pairs.bin", UID_DTYPE), ("counts.bin", np.int64))]
-        super().__init__(maps[0], maps[1], pool_rows, checksum, level)
-
-    @property
-    def total(self) -> int:
-        return int(self.stats["total"])
-
-    def histogram(self) -> np.ndarray:
-        return self.stats["histogram"]
-
-    def chunks(self, rows: int = 1 << 22):
-        n = self.stats["unique"]
-        for i in range(0, n, rows):
-            m = min(rows, n - i)
-            yield (np.fromfile(self.directory / "pairs.bin", dtype=UID_DTYPE, count=m, offset=16 * i),
-                   np.fromfile(self.directory / "counts.bin", dtype=np.int64, count=m, offset=8 * i))
-
-
 def _merge_spilled(selection: Selection, index: UidIndex, m_pairs, m_counts, spill_dir) -> Selection:
     """The members merged into a spilled draw, block by block, into a new directory of ``spill_dir``."""
     out_dir = Path(tempfile.mkdtemp(prefix="grouped-", dir=spill_dir))
@@ -464,8 +438,10 @@ def _merge_spilled(selection: Selection, index: UidIndex, m_pairs, m_counts, spi
             taken = upto
         if taken < len(m_pairs):
             write(m_pairs[taken:], m_counts[taken:])
-    stats = {"unique": unique, "total": total, "max_count": len(hist) - 1 if unique else 0, "histogram": hist}
-    return GroupedSpilledSelection(out_dir, stats, selection.pool_rows, selection.checksum, selection.level)
+    stats = {"unique": unique, "total": total, "max_count": len(hist) - 1 if unique else 0, "histogram": hist,
+             "pairs_path": str(out_dir / "pairs.bin"), "counts_path": str(out_dir / "counts.bin"),
+             "counts_dtype": "int64"}
+    return SpilledSelection(stats, selection.pool_rows, selection.checksum, selection.level)
 
 
-__all__ = ["GROUPED_ROW_BYTES", "GroupedSpilledSelection", "check_method", "grouped_sample", "split_counts"]
+__all__ = ["GROUPED_ROW_BYTES", "check_method", "grouped_sample", "split_counts"]

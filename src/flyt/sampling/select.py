@@ -82,14 +82,17 @@ class Selection:
 
 
 class SpilledSelection(Selection):
-    """A draw merged on disk (flyt.sampling.external): ``pairs`` and ``counts`` are read-only memory
-    maps of the merged files; ``chunks`` reads them block by block, so writing never holds them."""
+    """A draw merged on disk (flyt.sampling.external, or the grouped split in flyt.sampling.groups):
+    ``pairs`` and ``counts`` are read-only memory maps of two files (``stats``: pairs_path, counts_path,
+    counts_dtype, default the runs' uint32); ``chunks`` reads them block by block, so writing never
+    holds them."""
 
     def __init__(self, stats: dict, pool_rows: int, checksum: int, level: float):
         self.stats = stats
         n = stats["unique"]
+        self._count_dtype = np.dtype(stats.get("counts_dtype", external.RUN_COUNT_DTYPE))
         pairs = _map(stats["pairs_path"], UID_DTYPE, n)
-        counts = _map(stats["counts_path"], external.RUN_COUNT_DTYPE, n)
+        counts = _map(stats["counts_path"], self._count_dtype, n)
         super().__init__(pairs, counts, pool_rows, checksum, level)
 
     @property
@@ -105,7 +108,8 @@ class SpilledSelection(Selection):
         for i in range(0, n, rows):
             m = min(rows, n - i)
             yield (np.fromfile(pairs_path, dtype=UID_DTYPE, count=m, offset=16 * i),
-                   np.fromfile(counts_path, dtype=external.RUN_COUNT_DTYPE, count=m, offset=4 * i).astype(np.int64))
+                   np.fromfile(counts_path, dtype=self._count_dtype, count=m,
+                               offset=self._count_dtype.itemsize * i).astype(np.int64))
 
 
 def _map(path, dtype, n):

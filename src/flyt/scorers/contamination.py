@@ -14,14 +14,11 @@ similarities per thread. float32 products; among equal maxima the first task (an
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from flyt.errors import FlytError
-from flyt.io.arrays import embedding_matrix, l2_normalise
-from flyt.io.parquet import read_table
-from flyt.io.pool import IMAGE, Batch
+from flyt.io.pool import Batch
+from flyt.io.tasks import split_images
 from flyt.models.rowwise import BLOCK_ROWS, block_map, padded
 from flyt.scorers.base import FitContext, Scorer
 
@@ -32,16 +29,8 @@ def test_images(tasks, image_dim: int | None = None) -> tuple[np.ndarray, np.nda
     """(unit float32 test images of all tasks concatenated, the task index of each)."""
     images, owner = [], []
     for k, d in enumerate(tasks):
-        path = Path(d) / "test.parquet"
-        if not path.is_file():
-            raise FlytError(f"{path}: missing file (contamination compares the pool with the tasks' test images)")
-        m = embedding_matrix(read_table(path, [IMAGE]), IMAGE, str(path))
-        if len(m) == 0:
-            raise FlytError(f"{path}: split has no rows")
-        if image_dim is not None and m.shape[1] != image_dim:
-            raise FlytError(f"{path}: column '{IMAGE}' has dimension {m.shape[1]}, the pool's images have "
-                            f"{image_dim} (embed tasks and pool with the same model)")
-        images.append(l2_normalise(m))
+        m = split_images(d, "test", image_dim, "contamination compares the pool with the tasks' test images")
+        images.append(m)
         owner.append(np.full(len(m), k, np.int32))
     if not images:
         raise FlytError("scorer 'contamination' needs downstream tasks: pass --tasks DIR ...")
