@@ -15,7 +15,8 @@ from flyt.io.pool import load_pool
 from flyt.io.uids import UID_DTYPE, uids_to_pairs
 from flyt.pipeline.demo import run_demo
 
-STRATEGIES = {"no_filter", "random", *BASELINES, "flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs"}
+STRATEGIES = {"no_filter", "random", *BASELINES, "flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs",
+              "mflyt_scs_groups"}
 TASKS = ["digits", "emoji_names", "fashion_mnist", "fluent_subgroups", "openmoji_groups"]
 HELDOUT = ["animal_names", "chess_pieces", "country_flags", "icon_categories"]
 AVERAGES = ["average_flyt", "average_heldout", "average"]
@@ -72,12 +73,12 @@ def test_results_json_has_every_strategy_per_task_with_spread(demo):
     cfg = tiny_config(out, None)
     for name in STRATEGIES - {"no_filter", "random"}:
         chosen = saved["results"][name]["chosen"]
-        grid = cfg.penalties if name.endswith("_scs") else cfg.fractions
+        grid = cfg.penalties if "_scs" in name else cfg.fractions
         assert chosen["option"][1] in grid and math.isfinite(chosen["val_average"]), name
         tried = saved["validation"][name]
         assert [t["option"][1] for t in tried] == list(grid)
         assert chosen["val_average"] == max(t["val_average"] for t in tried)
-    assert set(saved["mflyt_weights"]) >= {"flyt", "clip_score", "caption_words"}
+    assert set(saved["mflyt_weights"]) >= {"flyt", "clip_score", "caption_words", "dedup_nearest"}
     assert set(saved["verdict"]) >= {"mflyt_scs_beats_every_single_baseline", "flyt_beats_clip_score"}
 
 
@@ -97,7 +98,7 @@ def test_subsets_are_datacomp_subsets_of_the_pool(demo):
         assert np.isin(a, pool_pairs).all(), f"{name}: uids outside the pool"
         option = summary["results"][name]["chosen"]["option"]
         kind = option[0]
-        if kind == "scs":  # SCS draws exactly the student's samples-seen budget, with repeats
+        if kind in ("scs", "scs_groups"):  # SCS draws exactly the student's samples-seen budget, with repeats
             assert len(a) == STUDENT_SAMPLES and len(np.unique(a)) < len(a), name
         elif kind == "topk":  # the top fraction, each once, and truly the top by its score
             assert len(a) == len(np.unique(a)) == int(option[1] * n), name
@@ -217,3 +218,40 @@ def test_heldout_tasks_are_read_only_by_the_final_evaluation(demo):
     # the teacher space (which FLYT, M-FLYT and the downstream-aware baselines train on) has FLYT's tasks only
     (teacher,) = out.glob("teacher-*")
     assert sorted(p.name for p in (teacher / "tasks").iterdir()) == TASKS
+
+
+def test_dedup_and_contamination_join_the_defect_table_and_grouped_scs_counts_per_group(demo):
+    """dedup (on the pool's image embeddings) puts every injected exact copy in a group with dedup_nearest
+    1 (the tiny pool's 8-d fake embeddings make most rows near copies, so its AUC is not the real pool's);
+    the defect table's dedup_distance AUC is the one computed from these scores; contamination is scored
+    against FLYT's tasks' test images only. Group-aware SCS draws the budget and differs from plain SCS
+    at the same penalty (copies of a group share one cap)."""
+    from flyt.bench.evaluate import defect_auc
+    from flyt.bench.protocol import pool_metadata
+    from flyt.bench.strategies import DrawContext, GroupedSoftCapSampling, SoftCapSampling
+    from flyt.pipeline.demo import read_scores
+
+    bench, out, summary, _ = demo
+    raw = load_pool(bench / "pool")
+    meta = pool_metadata(bench / "pool", raw.uids)
+    (dedup_dir,) = (out / "scores").glob("dedup-*")
+    scores = read_scores({"baselines": dedup_dir}, raw.uids)
+    defect = np.asarray(meta.column("defect").to_pylist())
+    copies = defect == "duplicate"
+    assert copies.any() and (scores["dedup_group_size"][copies] >= 2).all() and (scores["dedup_nearest"][copies] == 1).all()
+    assert np.isfinite(scores["contamination_max"]).all() and (np.abs(scores["contamination_max"]) <= 1 + 1e-5).all()
+    expected = defect_auc({"dedup_distance": 1 - scores["dedup_nearest"]}, defect)["dedup_distance"]
+    assert summary["defect_auc"]["dedup_distance"] == pytest.approx(expected)
+    assert "contamination_distance" in summary["defect_auc"] and "dedup_group" not in summary["defect_auc"]
+    assert summary["dedup"]["rows_in_groups"] == int((scores["dedup_group_size"] > 1).sum())
+    assert summary["defect_auc"]["dedup_distance"]["duplicate"] <= summary["dedup"]["duplicate_auc_ceiling"] + 1e-12
+    report = (out / "report.html").read_text()
+    assert "Near-duplicate groups" in report and "rows from" in report
+    # drawing: each group's copies counted together changes the draw; the budget is still exact
+    dirs = {"baselines": next((out / "scores").glob("baselines-*")), "dedup": dedup_dir,
+            "mflyt": next((out / "scores").glob("mflyt-*"))}
+    context = DrawContext(raw.uids, dirs, STUDENT_SAMPLES, 0)
+    grouped = GroupedSoftCapSampling("g", "g", "mflyt").draw(0.5, context)
+    plain = SoftCapSampling("p", "p", "mflyt").draw(0.5, context)
+    assert grouped.counts.sum() == plain.counts.sum() == STUDENT_SAMPLES
+    assert not (np.array_equal(grouped.pairs, plain.pairs) and np.array_equal(grouped.counts, plain.counts))

@@ -92,7 +92,8 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     # Every image (plots and thumbnails) decodes in the browser, and nothing overflows the page.
     got = _probe(chromium, tmp_path, report.read_text())
     assert got["broken"] == 0 and got["overflow"] == 0, got
-    assert got["thumbs"] == 24 and got["images"] >= 24 + 8, got
+    # 24 top/bottom cards plus the near-duplicate groups' thumbnails (at most 8 groups x 4)
+    assert 24 <= got["thumbs"] <= 24 + 32 and got["images"] >= got["thumbs"] + 8, got
 
 
 def test_probe_detects_a_broken_image(report, tmp_path):

@@ -31,6 +31,12 @@ BASELINE_SCORERS = ["clip_score", "negclip_loss", "normsim_inf", "normsim_2", "c
 CAPTION_COLUMNS = ["caption_words", "caption_chars", "caption_non_latin"]
 # M-FLYT's inputs: every baseline score column and FLYT's.
 MIX_INPUTS = [c for c in BASELINES if c != "caption_words"] + CAPTION_COLUMNS + ["flyt"]
+# Duplicate and contamination scores, on the benchmark's own pool (the frozen image tower's embeddings):
+# dedup's groups feed group-aware SCS and its nearest-row cosine joins M-FLYT's inputs. contamination_max
+# (vs FLYT's tasks' test images) is analysis only: as an M-FLYT input or ranking it would pull test-like
+# pairs *into* the subset, the opposite of the one use of test images allowed (removing them).
+DEDUP_SCORERS = ["dedup", "contamination"]
+DEDUP_MIX_INPUTS = ["dedup_nearest"]
 # benchmark.json fields that record how (and how fast) it was built, not what it is
 _NOT_IDENTITY = ("timings", "encoded", "out", "build_wall_s")
 

@@ -110,6 +110,53 @@ def _thumbnails(bench_dir: Path, meta, score: np.ndarray, k: int = 12):
     return cards(order[::-1][:k]), cards(order[:k])
 
 
+def _dedup_groups(bench_dir: Path, meta, scores: dict, k: int = 8, members: int = 4):
+    """Up to ``k`` dedup groups whose members come from more than one source (else any groups of two or
+    more rows), largest first: [(sources, [(thumbnail, caption + source, nearest cosine), ...])]."""
+    if "dedup_group" not in scores or "source" not in meta.column_names:
+        return []
+    path = bench_dir / "thumbnails.parquet"
+    by_sha = {}
+    if path.is_file() and "image_sha1" in meta.column_names:
+        thumbs = read_table(path, ["image_sha1", "image"])
+        by_sha = dict(zip(thumbs.column("image_sha1").to_pylist(), thumbs.column("image").to_pylist()))
+    sha = meta.column("image_sha1").to_pylist() if "image_sha1" in meta.column_names else [None] * meta.num_rows
+    text, source = meta.column("text").to_pylist(), np.asarray(meta.column("source").to_pylist())
+    # ids read back as float64 (flyt.io.scores): two groups merge only if their ids agree in the top 53 bits
+    group, size = scores["dedup_group"], scores["dedup_group_size"]
+    rows = np.flatnonzero(size > 1)
+    order = rows[np.lexsort((rows, group[rows]))]
+    _, starts = np.unique(group[order], return_index=True)
+    found = [order[a:b] for a, b in zip(starts, [*starts[1:], len(order)])]
+    mixed = [g for g in found if len(set(source[g].tolist())) > 1]
+    chosen = sorted(mixed or found, key=lambda g: (-len(g), int(g[0])))[:k]
+    out = []
+    for g in chosen:
+        cards = []
+        for r in g[:members]:
+            img = by_sha.get(sha[r])
+            src = "data:image/png;base64," + base64.b64encode(img).decode() if img else ""
+            cards.append((src, f"[{source[r]}] {text[r]}", float(scores["dedup_nearest"][r])))
+        out.append((sorted(set(source[g].tolist())), len(g), cards))
+    return out
+
+
+def _dedup_section(summary: dict, groups) -> str:
+    d = summary.get("dedup") or {}
+    if not d and not groups:
+        return ""
+    auc = (summary.get("defect_auc") or {}).get("dedup_distance", {}).get("duplicate")
+    parts = [f"dedup (SemDeDup on the pool's image embeddings, cosine >= threshold, groups = connected "
+             f"components): {d.get('rows_in_groups', 0)} rows in {d.get('groups', 0)} groups of two or more."]
+    if auc is not None:
+        parts.append(f"As a detector of the injected exact copies (score dedup_distance = 1 - cosine to the "
+                     f"nearest other row), AUC {auc:.3f}")
+        if "duplicate_auc_ceiling" in d:
+            parts.append(f"(ceiling {d['duplicate_auc_ceiling']:.3f}: a copy is identical to its original, "
+                         "which keeps its own label).")
+    return "<h2>Near-duplicate groups</h2><p>" + html.escape(" ".join(parts)) + "</p>"
+
+
 def results_html(summary: dict) -> str:
     """The results (flyt.bench.results' table and sentences) as HTML: the intro, the table, the verdict
     and the weights, each a paragraph but the table. (The page has its own title.)"""
@@ -161,6 +208,7 @@ def write_report(summary: dict, scores: dict, meta, bench_dir: Path, subsets_dir
         _, counts = np.unique(subset, return_counts=True)
         figs.append(("SCS counts", _count_histogram(counts, "M-FLYT + SCS: copies per selected example")))
     top, bottom = _thumbnails(bench_dir, meta, scores.get("mflyt", scores.get("flyt")))
+    dups = _dedup_groups(bench_dir, meta, scores)
 
     def gallery(cards):
         return "".join(
@@ -176,6 +224,9 @@ def write_report(summary: dict, scores: dict, meta, bench_dir: Path, subsets_dir
         _defect_table(summary.get("defect_auc") or {}),
         "<h2>Highest M-FLYT scores</h2><div class='gallery'>" + gallery(top) + "</div>",
         "<h2>Lowest M-FLYT scores</h2><div class='gallery'>" + gallery(bottom) + "</div>",
+        _dedup_section(summary, dups),
+        *(f"<h3>{n} rows from {html.escape(', '.join(srcs))}</h3><div class='gallery'>{gallery(cards)}</div>"
+          for srcs, n, cards in dups),
     ]
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>flyt demo report</title>

@@ -7,7 +7,10 @@ the results table), the score ``column`` it reads (None for no filtering and ran
 - no filtering: every pool pair once (one option, nothing to choose);
 - random fraction: a uniform fraction f of the pairs, each once (one option);
 - top fraction: the floor(f n) highest-scored pairs, each once (options: fractions f);
-- Soft Cap Sampling: exactly ``budget`` draws with repeats, penalty D per copy (options: penalties D).
+- Soft Cap Sampling: exactly ``budget`` draws with repeats, penalty D per copy (options: penalties D);
+- group-aware Soft Cap Sampling: the same, but the penalty counts copies per ``dedup`` group (every draw
+  of any member of a near-duplicate group raises the group's count; flyt.sampling.groups), the groups
+  read from the score directory ``context.score_dirs["dedup"]``, column ``dedup_group``.
 
 In results.json an option is written ``[kind, value]`` (``["all"]`` for no filtering).
 """
@@ -24,6 +27,7 @@ from flyt.bench.student import multiset_indices
 from flyt.io.subsets import write_subset
 from flyt.io.uids import UID_DTYPE, uids_to_pairs
 from flyt.sampling.draw import sample
+from flyt.sampling.group_keys import parse_groups
 from flyt.sampling.methods import SampleSpec
 from flyt.sampling.sources import score_sources
 
@@ -145,14 +149,25 @@ class SoftCapSampling(Strategy):
         return _sample(SampleSpec("scs", total=context.budget, penalty=value, seed=0), self.column, context)
 
 
-def _sample(spec: SampleSpec, column: str, context: DrawContext) -> Subset:
-    selection = sample(spec, score_sources(context.directory(column), column))
+@dataclass(frozen=True)
+class GroupedSoftCapSampling(Strategy):
+    kind: ClassVar[str] = "scs_groups"
+    group_column: str = "dedup_group"
+
+    def draw(self, value, context: DrawContext) -> Subset:
+        groups = parse_groups(f"{context.score_dirs['dedup']}:{self.group_column}")
+        return _sample(SampleSpec("scs", total=context.budget, penalty=value, seed=0), self.column, context, groups)
+
+
+def _sample(spec: SampleSpec, column: str, context: DrawContext, groups=None) -> Subset:
+    selection = sample(spec, score_sources(context.directory(column), column), groups=groups)
     return Subset(selection.pairs, selection.counts)
 
 
-def demo_strategies(fractions, penalties, random_fraction: float) -> list[Strategy]:
+def demo_strategies(fractions, penalties, random_fraction: float, grouped: bool = True) -> list[Strategy]:
     """The demo's strategies, in the results table's order: no filtering, random, every baseline by top
-    fraction, then FLYT and M-FLYT each by top fraction and by Soft Cap Sampling."""
+    fraction, then FLYT and M-FLYT each by top fraction and by Soft Cap Sampling, then (``grouped``:
+    when a ``dedup`` score directory exists) M-FLYT by group-aware SCS over the dedup groups."""
     out: list[Strategy] = [
         NoFilter("no_filter", "No filtering"),
         RandomFraction("random", f"Random {random_fraction:.0%}", options=(random_fraction,)),
@@ -161,4 +176,7 @@ def demo_strategies(fractions, penalties, random_fraction: float) -> list[Strate
     for column, label in LEARNED.items():
         out.append(TopFraction(f"{column}_topk", f"{label}, top fraction", column, tuple(fractions)))
         out.append(SoftCapSampling(f"{column}_scs", f"{label} + Soft Cap Sampling", column, tuple(penalties)))
+    if grouped:
+        out.append(GroupedSoftCapSampling("mflyt_scs_groups", "M-FLYT + group-aware SCS (dedup groups)", "mflyt",
+                                          tuple(penalties)))
     return out

@@ -32,6 +32,8 @@ import numpy as np
 from flyt.bench.evaluate import defect_auc, group_averages, summarise_seeds
 from flyt.bench.protocol import (
     BASELINE_SCORERS,
+    DEDUP_MIX_INPUTS,
+    DEDUP_SCORERS,
     MIX_INPUTS,
     benchmark_key,
     best_option,
@@ -42,7 +44,7 @@ from flyt.bench.protocol import (
 )
 from flyt.bench.report import write_report
 from flyt.bench.results import all_comparisons, results_markdown, verdict
-from flyt.bench.runs import StudentRuns, mixer_weights, train_scorer
+from flyt.bench.runs import StudentRuns, mixer_weights, scorer_run_dir, train_scorer
 from flyt.bench.strategies import DrawContext, Strategy, demo_strategies
 from flyt.bench.student import StudentConfig
 from flyt.bench.teacher import SEED as TEACHER_SEED
@@ -154,6 +156,15 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
                       progress=cfg.progress, desc="score: baselines")
     timings["baseline_scores"] = time.perf_counter() - t
     log("baseline scores written" if done.scored else "baseline scores cached")
+    # 3b. Duplicates and contamination on the benchmark's own pool (the frozen image tower's embeddings, the
+    # space the injected copies are identical in), against the test images of FLYT's tasks only: the held-out
+    # tasks are read by the final evaluation alone (tests/test_demo.py), so they cannot be decontaminated.
+    t = time.perf_counter()
+    score_dirs["dedup"] = out / "scores" / f"dedup-{key}"
+    done = score_pool(bench_dir / "pool", score_dirs["dedup"], DEDUP_SCORERS, dedup_options(len(raw)),
+                      tasks=_task_dirs(bench_dir), progress=cfg.progress, desc="score: dedup, contamination")
+    timings["dedup_scores"] = time.perf_counter() - t
+    log("dedup and contamination scores written" if done.scored else "dedup and contamination scores cached")
 
     # 4. FLYT on the teacher's embeddings; 5. M-FLYT over all scores (FLYT's included). Runs and their
     # scores live in directories named by their settings, so --quick and full runs never share them.
@@ -163,8 +174,9 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
     score_pool(teacher_pool, score_dirs["flyt"], [str(flyt_pt)], progress=cfg.progress, desc="score: flyt")
     timings["flyt"] = time.perf_counter() - t
     t = time.perf_counter()
-    inputs = [score_dirs["baselines"], score_dirs["flyt"]]
-    mflyt_pt = train_scorer(scorer_config(cfg, "mflyt", teacher_pool, teacher_tasks, MIX_INPUTS, inputs),
+    inputs = [score_dirs["baselines"], score_dirs["flyt"], score_dirs["dedup"]]
+    mflyt_pt = train_scorer(scorer_config(cfg, "mflyt", teacher_pool, teacher_tasks, MIX_INPUTS + DEDUP_MIX_INPUTS,
+                                          inputs),
                             out / "runs", log, cfg.progress)
     score_dirs["mflyt"] = out / "scores" / mflyt_pt.parent.name
     score_pool(teacher_pool, score_dirs["mflyt"], [str(mflyt_pt)], score_dirs=inputs, progress=cfg.progress,
@@ -244,7 +256,8 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
         "verdict": verdict(results),  # on FLYT's tasks
         "comparisons": all_comparisons(results),  # each learned strategy vs no filtering and CLIP score
         # how each score ranks clean pairs above each injected or natural defect (analysis only)
-        "defect_auc": defect_auc(scores, defects) if defects is not None else {},
+        "defect_auc": defect_auc(defect_scores(scores), defects) if defects is not None else {},
+        "dedup": dedup_summary(scores, meta),
         "timings_s": timings,
     }
     write_json(summary, out / "results.json")
@@ -266,6 +279,46 @@ def open_benchmark(cfg: DemoConfig, log: Callable[[str], None]) -> Path:
 
     summary = build_benchmark(get_encoder("offline"), cache=cfg.cache, log=log, progress=cfg.progress)
     return Path(summary["out"])
+
+
+def dedup_options(rows: int) -> ScorerOptions:
+    """dedup's settings for a pool of ``rows``: ~128 rows per k-means cluster, fitted on the whole pool."""
+    return ScorerOptions(dedup_clusters=max(8, rows // 128), dedup_sample=rows)
+
+
+def defect_scores(scores: dict) -> dict:
+    """The score columns of the defect table, each oriented so that higher = cleaner: every score but
+    dedup's ids, sizes and flags and contamination's task index; dedup as ``dedup_distance`` = 1 -
+    dedup_nearest (cosine distance to the nearest other pool row: 0 for an exact copy) and contamination
+    as ``contamination_distance`` = 1 - contamination_max (to the nearest test image)."""
+    skip = {"dedup_group", "dedup_group_size", "dedup_keep", "dedup_nearest", "contamination_max", "contamination_task"}
+    out = {c: v for c, v in scores.items() if c not in skip}
+    if "dedup_nearest" in scores:
+        out["dedup_distance"] = 1.0 - scores["dedup_nearest"]
+    if "contamination_max" in scores:
+        out["contamination_distance"] = 1.0 - scores["contamination_max"]
+    return out
+
+
+def dedup_summary(scores: dict, meta) -> dict:
+    """dedup's groups on the pool, and the best AUC any per-row detector can reach on the ``duplicate``
+    defect: an injected copy is byte-identical (image and caption) to its original, which keeps its own
+    label (``none`` when clean), so the two always tie: ceiling = 1 - share of clean rows that are
+    originals of a copy / 2."""
+    if "dedup_group_size" not in scores:
+        return {}
+    size = scores["dedup_group_size"]
+    out = {"rows_in_groups": int((size > 1).sum()), "groups": int(len(np.unique(scores["dedup_group"][size > 1]))),
+           "kept": int(scores["dedup_keep"].sum())}
+    if {"defect", "image_sha1", "text"} <= set(meta.column_names):
+        defect = np.asarray(meta.column("defect").to_pylist())
+        pair = [f"{h}\0{t}" for h, t in zip(meta.column("image_sha1").to_pylist(), meta.column("text").to_pylist())]
+        copied = {p for p, d in zip(pair, defect) if d == "duplicate"}
+        clean = defect == "none"
+        if clean.any() and copied:
+            originals = np.array([p in copied for p in pair]) & clean
+            out["duplicate_auc_ceiling"] = float(1.0 - originals.sum() / clean.sum() / 2.0)
+    return out
 
 
 def student_bar(students: StudentRuns, runs: list, split: str, cfg: DemoConfig) -> Progress:
@@ -341,7 +394,8 @@ class FinishedDemo:
 
     def strategies(self) -> dict[str, Strategy]:
         """The demo's strategies by name."""
-        return {s.name: s for s in demo_strategies(self.cfg.fractions, self.cfg.penalties, self.cfg.random_fraction)}
+        return {s.name: s for s in demo_strategies(self.cfg.fractions, self.cfg.penalties, self.cfg.random_fraction,
+                                                   grouped="dedup" in self.score_dirs)}
 
     def draw_context(self, score_dirs: dict | None = None) -> DrawContext:
         """How the demo draws, with ``score_dirs`` (column -> directory) added to its own."""
@@ -365,10 +419,18 @@ def open_finished(out: Path) -> FinishedDemo:
     tasks = split_validation(load_tasks(bench_dir / "tasks"), cfg.validation_fraction, cfg.validation_seed)
     key = benchmark_key(bench_dir, cfg.teacher, cfg.validation_seed, cfg.validation_fraction)
     dirs = {"baselines": cfg.out / "scores" / f"baselines-{key}"}
+    if (cfg.out / "scores" / f"dedup-{key}").is_dir():
+        dirs["dedup"] = cfg.out / "scores" / f"dedup-{key}"
+    teacher_dir = cfg.out / f"teacher-{key}"
+    pool, tasks_dirs = teacher_dir / "pool", _task_dirs(teacher_dir)
+    # each run's directory is named by its settings (M-FLYT's include its inputs): the ones run_demo uses now
+    dirs["flyt"] = cfg.out / "scores" / scorer_run_dir(scorer_config(cfg, "flyt", pool, tasks_dirs), cfg.out / "runs").name
+    inputs = [dirs["baselines"], dirs["flyt"], *([dirs["dedup"]] if "dedup" in dirs else [])]
+    columns = MIX_INPUTS + (DEDUP_MIX_INPUTS if "dedup" in dirs else [])
+    dirs["mflyt"] = cfg.out / "scores" / scorer_run_dir(scorer_config(cfg, "mflyt", pool, tasks_dirs, columns, inputs),
+                                                        cfg.out / "runs").name
     for prefix in ("flyt", "mflyt"):
-        found = sorted(p for p in (cfg.out / "scores").iterdir() if p.name.startswith(f"{prefix}-"))
-        if len(found) != 1:
-            raise FlytError(f"{cfg.out / 'scores'}: expected one {prefix}-* score directory, found {len(found)}")
-        dirs[prefix] = found[0]
+        if not dirs[prefix].is_dir():
+            raise FlytError(f"{dirs[prefix]}: missing {prefix} score directory (run `flyt demo --out {cfg.out}` first)")
     return FinishedDemo(cfg, raw, tasks, key, cfg.out / f"teacher-{key}", dirs,
                         StudentRuns(cfg.out / "students", key, raw, cfg.student), bench_dir)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from flyt.bench import assets
 from flyt.bench.build import built, default_out
 from flyt.bench.pool import PoolConfig
-from flyt.bench.protocol import BASELINE_SCORERS, MIX_INPUTS, benchmark_key
+from flyt.bench.protocol import BASELINE_SCORERS, DEDUP_MIX_INPUTS, MIX_INPUTS, benchmark_key
 from flyt.bench.runs import scorer_run_dir
 from flyt.bench.strategies import demo_strategies
 from flyt.io.cache import cache_dir
@@ -148,8 +148,9 @@ def demo_plan(cfg, scorer_config: Callable, task_dirs: Callable) -> list[Stage]:
     if teacher:
         tasks = task_dirs(teacher_dir)
         flyt_run = scorer_run_dir(scorer_config(cfg, "flyt", pool, tasks), cfg.out / "runs")
-        inputs = [base, cfg.out / "scores" / flyt_run.name]
-        mflyt_run = scorer_run_dir(scorer_config(cfg, "mflyt", pool, tasks, MIX_INPUTS, inputs), cfg.out / "runs")
+        inputs = [base, cfg.out / "scores" / flyt_run.name, cfg.out / "scores" / f"dedup-{key}"]
+        mflyt_run = scorer_run_dir(scorer_config(cfg, "mflyt", pool, tasks, MIX_INPUTS + DEDUP_MIX_INPUTS, inputs),
+                                   cfg.out / "runs")
     for label, steps, per_step, run in (("FLYT", cfg.flyt_steps, FLYT_STEP_S, flyt_run),
                                         ("M-FLYT", cfg.mflyt_steps, MFLYT_STEP_S, mflyt_run)):
         done = run is not None and (run / "scorer.pt").is_file() and _complete(cfg.out / "scores" / run.name, pool)

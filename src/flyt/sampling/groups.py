@@ -48,16 +48,15 @@ merged into the draw (in memory, or streamed over a spilled draw's files block b
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from flyt.errors import FlytError
 from flyt.io.uids import UID_DTYPE
+from flyt.progress import Progress
 from flyt.sampling.clocks import check_log_weights
 from flyt.sampling.group_keys import KEY_DTYPE, UidIndex, detect_hash, source_stem, uid_hex
 from flyt.sampling.order import uid_order
@@ -185,7 +184,8 @@ def grouped_sample(spec, sources, groups, map_shards, workers: int = 1, max_memo
 
     def run(step, items, name):
         results = map_shards(_apply, [(step, item) for item in items], workers)
-        return tqdm(results, total=len(items), desc=f"sample: {name}", unit="shard", disable=not sys.stderr.isatty())
+        # flyt.progress (as select.py): a bar on a terminal only, and none inside quiet() (the demo's draws)
+        return Progress(len(items), f"sample: {name}", unit="shard", show=None).iterate(results)
 
     sources = list(sources)
     if not sources:
