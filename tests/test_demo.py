@@ -60,7 +60,7 @@ def test_results_json_has_every_strategy_per_task_with_spread(demo):
     # each learned strategy against no filtering and CLIP score, on every average, from the table's numbers
     for average in AVERAGES:
         found = saved["comparisons"][average]
-        assert set(found) == {"flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs"}
+        assert set(found) == {"flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs", "mflyt_scs_groups"}
         for name, refs in found.items():
             assert set(refs) == {"no_filter", "clip_score"}
             for ref, c in refs.items():

@@ -28,7 +28,7 @@ TITLE = "flyt demo: results"
 # the averages of the table, in its column order: key in mean/std -> what it averages over
 AVERAGES = {"average_flyt": "FLYT's tasks", "average_heldout": "held-out tasks", "average": "all tasks"}
 # the learned strategies whose held-out results are stated, and what each is compared with
-LEARNED = ["flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs"]
+LEARNED = ["flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs", "mflyt_scs_groups"]
 REFERENCES = ["no_filter", "clip_score"]
 
 
