@@ -61,7 +61,7 @@ from flyt.sampling.clocks import check_log_weights
 from flyt.sampling.group_keys import KEY_DTYPE, UidIndex, detect_hash, source_stem, uid_hex
 from flyt.sampling.order import uid_order
 from flyt.sampling.randomness import checksum, combine_checksums, fingerprint, mix, seed_keys
-from flyt.sampling.select import DEFAULT_MAX_MEMORY, Selection, SpilledSelection, in_memory_bytes, select
+from flyt.sampling.select import Selection, SpilledSelection, memory_plan, pool_rows, select
 from flyt.sampling.sources import ArrayScores
 
 # Driver memory per row of a group of two or more, beyond the plain draw's: uid, score, key, sorts, split.
@@ -187,17 +187,8 @@ def grouped_sample(spec, sources, groups, map_shards, workers: int = 1, max_memo
         # flyt.progress (as select.py): a bar on a terminal only, and none inside quiet() (the demo's draws)
         return Progress(len(items), f"sample: {name}", unit="shard", show=None).iterate(results)
 
-    sources = list(sources)
-    if not sources:
-        raise FlytError("no score shards given (empty pool)")
-    n_rows = sum(s.num_rows() for s in sources)
-    if n_rows == 0:
-        raise FlytError(f"the score shards ({sources[0].where}, ...) have no rows (empty pool)")
-    budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
-    spill = None
-    if spill_dir is not None and in_memory_bytes(n_rows, spec.total) > budget:
-        spill = str(spill_dir)
-        os.makedirs(spill, exist_ok=True)
+    sources, n_rows = pool_rows(sources)
+    budget, spill = memory_plan(n_rows, spec.total, max_memory, spill_dir)
     tallies = list(run(_Tally(groups, spec.temperature, spill), sources, "groups"))
     rows = [t[0] for t in tallies]
     digest = combine_checksums(t[1] for t in tallies)

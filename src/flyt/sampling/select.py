@@ -363,17 +363,8 @@ def select(
         # a bar on a terminal only (flyt.progress's show=None), and none inside flyt.progress.quiet()
         return Progress(len(items), f"sample: {name}", unit="shard", show=None).iterate(results)
 
-    sources = list(sources)
-    if not sources:
-        raise FlytError("no score shards given (empty pool)")
-    n_rows = sum(s.num_rows() for s in sources)
-    if n_rows == 0:
-        raise FlytError(f"the score shards ({sources[0].where}, ...) have no rows (empty pool)")
-    budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
-    spill = None
-    if spill_dir is not None and in_memory_bytes(n_rows, total) > budget:
-        spill = str(spill_dir)
-        os.makedirs(spill, exist_ok=True)  # only a draw that spills leaves a directory to clean
+    sources, n_rows = pool_rows(sources)
+    budget, spill = memory_plan(n_rows, total, max_memory, spill_dir)
     if level is not None:
         parts = list(run(_Collect(clock, level, level, spill), sources))
         _check_duplicates(parts, sources, run, workers, budget)
@@ -404,6 +395,27 @@ def select(
         del parts
         widen *= 4.0
     raise FlytError(f"could not bracket the level for --total {total} (last counts {n_lo}..{n_hi})")
+
+
+def pool_rows(sources) -> tuple[list, int]:
+    """The sources as a list and their row count; an empty pool is refused in one line."""
+    sources = list(sources)
+    if not sources:
+        raise FlytError("no score shards given (empty pool)")
+    n_rows = sum(s.num_rows() for s in sources)
+    if n_rows == 0:
+        raise FlytError(f"the score shards ({sources[0].where}, ...) have no rows (empty pool)")
+    return sources, n_rows
+
+
+def memory_plan(n_rows: int, total: int | None, max_memory: int | None, spill_dir) -> tuple[int, str | None]:
+    """(the memory budget, the spill directory or None): a draw spills only when a directory is given and
+    its in-memory estimate exceeds the budget."""
+    budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
+    if spill_dir is None or in_memory_bytes(n_rows, total) <= budget:
+        return budget, None
+    os.makedirs(spill_dir, exist_ok=True)  # only a draw that spills leaves a directory to clean
+    return budget, str(spill_dir)
 
 
 def check_total(total: int, n_rows: int) -> None:
