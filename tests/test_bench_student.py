@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from flyt.bench.evaluate import defect_auc, evaluate, evaluate_selection, zeroshot_weights
+from flyt.bench.evaluate import copy_detection, defect_auc, evaluate, evaluate_selection, zeroshot_weights
 from flyt.bench.student import Student, StudentConfig, batches, multiset_indices, train_student
 from flyt.errors import FlytError
 from flyt.io.tasks import Split, Task
@@ -146,6 +146,28 @@ def test_students_trained_together_equal_students_trained_alone():
         for a, b in zip(alone.parameters(), joint.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(together[0].image_proj.weight, together[1].image_proj.weight)
+
+
+def test_copy_detection_counts_rows_sharing_image_bytes():
+    """Positives are the rows whose image hash occurs twice or more (copy and original alike); the AUC
+    equals counting every (unique-image row, copied row) pair by dedup_distance = 1 - nearest; recall and
+    grouped_exact are the shares stated in the docstring."""
+    rng = np.random.default_rng(1)
+    hashes = [f"h{i}" for i in rng.integers(0, 150, size=200)]  # ~half the rows share their hash
+    counts = {h: hashes.count(h) for h in hashes}
+    copy = np.array([counts[h] > 1 for h in hashes])
+    nearest = np.where(copy, 1.0, np.round(rng.uniform(0.5, 1.0, size=200), 1))  # ties, some at 1.0
+    size = np.where(copy | (nearest >= 0.9), 2, 1)
+    got = copy_detection(nearest, size, hashes)
+    dist = 1.0 - nearest
+    unique, copied = dist[~copy], dist[copy]
+    brute = ((unique[:, None] > copied[None, :]) + 0.5 * (unique[:, None] == copied[None, :])).mean()
+    assert got["rows_with_copy"] == int(copy.sum()) and 0 < got["rows_with_copy"] < 200
+    assert got["auc"] == pytest.approx(brute, abs=1e-12) and got["auc"] < 1.0
+    assert got["recall"] == 1.0
+    assert got["grouped_exact"] == pytest.approx(copy.sum() / (size > 1).sum())
+    # a detector that misses the copies: every row with a copy looks unique
+    assert copy_detection(np.where(copy, 0.0, 1.0), np.ones(200), hashes)["auc"] == 0.0
 
 
 def test_defect_auc_matches_counting_every_pair():

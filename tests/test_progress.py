@@ -114,9 +114,10 @@ def test_a_terminal_gets_a_tqdm_bar(size):
 
 # ---------------------------------------------------------------- the demo
 
-STAGES = ["assets", "embedding", "teacher", "baseline scores", "FLYT", "M-FLYT", "students: validation",
-          "students: test", "report"]
-BARS = ["assets: render", "embed: pool", "embed: tasks", "teacher", "score: baselines", "flyt", "score: flyt",
+STAGES = ["assets", "embedding", "teacher", "baseline scores", "dedup + contamination", "FLYT", "M-FLYT",
+          "students: validation", "students: test", "report"]
+BARS = ["assets: render", "embed: pool", "embed: tasks", "teacher", "score: baselines", "score: dedup, contamination",
+        "flyt", "score: flyt",
         "mflyt", "score: mflyt", "students: validation", "students: test"]
 
 
@@ -151,7 +152,8 @@ def test_a_finished_runs_plan_says_its_stages_are_cached(terminal_run, monkeypat
     cfg = replace(tiny_config(root / "out", None), cache=str(root / "cache"))
     stages = demo_plan(cfg, scorer_config, _task_dirs)
     assert {s.name: s.cached for s in stages} == {
-        "assets + embedding": True, "teacher": True, "baseline scores": True, "FLYT": True, "M-FLYT": True,
+        "assets + embedding": True, "teacher": True, "baseline scores": True, "dedup + contamination": True,
+        "FLYT": True, "M-FLYT": True,
         "students: validation": True, "students: test": True, "report": False}
     # other training settings: the scorers are not the cached ones
     changed = {s.name: s.cached for s in demo_plan(replace(cfg, flyt_steps=13), scorer_config, _task_dirs)}

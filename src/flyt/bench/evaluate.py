@@ -101,6 +101,37 @@ def defect_auc(scores: dict, defects: np.ndarray, clean: str = "none") -> dict:
     return out
 
 
+def copy_detection(nearest: np.ndarray, group_size: np.ndarray, image_hash) -> dict:
+    """dedup judged on what it detects: which rows have an exact copy in the pool.
+
+    An injected ``duplicate`` row is byte-identical (image and caption) to its original, so "which of
+    the two is the copy" is not a property of either row: a per-row label that marks only the copy
+    caps every detector below 1 (``dedup_summary``'s ceiling). What is a property of a row is whether
+    its image bytes occur in another row too; ground truth here is ``image_hash`` (the pool's
+    ``image_sha1``, which no scorer reads), so the positives are the injected copies, their originals
+    and the sources' own byte-identical images, and the negatives every row whose image is unique.
+
+    Returns ``rows_with_copy``; ``auc``: P(a row with a unique image has a larger dedup_distance =
+    1 - ``nearest`` than a row with a copy), ties one half; ``recall``: the share of rows with a copy
+    that dedup puts in a group of two or more; ``grouped_exact``: the share of the rows in such groups
+    that have an exact copy (the others are near duplicates at cosine >= the threshold, which the
+    byte-level truth does not mark, so this is not a precision).
+    """
+    hashes = np.asarray(image_hash, dtype=object)
+    _, inverse, counts = np.unique(hashes.astype(str), return_inverse=True, return_counts=True)
+    has_copy = counts[inverse] > 1
+    grouped = np.asarray(group_size) > 1
+    distance = 1.0 - np.asarray(nearest, dtype=np.float64)
+    out = {"rows_with_copy": int(has_copy.sum()), "rows": int(len(hashes))}
+    if has_copy.any() and (~has_copy).any():
+        out["auc"] = _auc(distance[~has_copy], distance[has_copy])
+    if has_copy.any():
+        out["recall"] = float(grouped[has_copy].mean())
+    if grouped.any():
+        out["grouped_exact"] = float(has_copy[grouped].mean())
+    return out
+
+
 def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
     """Mann-Whitney U / (n_pos n_neg), with average ranks for ties."""
     both = np.concatenate([positive, negative])

@@ -154,6 +154,13 @@ def _dedup_section(summary: dict, groups) -> str:
         if "duplicate_auc_ceiling" in d:
             parts.append(f"(ceiling {d['duplicate_auc_ceiling']:.3f}: a copy is identical to its original, "
                          "which keeps its own label).")
+    c = d.get("copy_detection") or {}
+    if "auc" in c:
+        parts.append(f"As a detector of the rows that have an exact copy in the pool ({c['rows_with_copy']:,} rows whose "
+                     "image bytes occur in another row too: the injected copies, their originals and the sources' own "
+                     f"repeats), AUC {c['auc']:.4f}; dedup groups {100 * c.get('recall', 0):.1f}% of them, and "
+                     f"{100 * c.get('grouped_exact', 0):.1f}% of the rows it groups have an exact copy (the rest are "
+                     "near duplicates).")
     return "<h2>Near-duplicate groups</h2><p>" + html.escape(" ".join(parts)) + "</p>"
 
 

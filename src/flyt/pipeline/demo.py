@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from flyt.bench.evaluate import defect_auc, group_averages, summarise_seeds
+from flyt.bench.evaluate import copy_detection, defect_auc, group_averages, summarise_seeds
 from flyt.bench.protocol import (
     BASELINE_SCORERS,
     DEDUP_MIX_INPUTS,
@@ -301,10 +301,11 @@ def defect_scores(scores: dict) -> dict:
 
 
 def dedup_summary(scores: dict, meta) -> dict:
-    """dedup's groups on the pool, and the best AUC any per-row detector can reach on the ``duplicate``
+    """dedup's groups on the pool; the best AUC any per-row detector can reach on the ``duplicate``
     defect: an injected copy is byte-identical (image and caption) to its original, which keeps its own
     label (``none`` when clean), so the two always tie: ceiling = 1 - share of clean rows that are
-    originals of a copy / 2."""
+    originals of a copy / 2; and dedup as a detector of the rows that have an exact copy in the pool
+    (``copy_detection``: the same copies, judged by a truth that does not tell a copy from its original)."""
     if "dedup_group_size" not in scores:
         return {}
     size = scores["dedup_group_size"]
@@ -318,6 +319,8 @@ def dedup_summary(scores: dict, meta) -> dict:
         if clean.any() and copied:
             originals = np.array([p in copied for p in pair]) & clean
             out["duplicate_auc_ceiling"] = float(1.0 - originals.sum() / clean.sum() / 2.0)
+    if "image_sha1" in meta.column_names:
+        out["copy_detection"] = copy_detection(scores["dedup_nearest"], size, meta.column("image_sha1").to_pylist())
     return out
 
 

@@ -51,6 +51,7 @@ STUDENT_BATCH = 512
 STUDENT_EVAL_S = 0.007
 # Scoring: the baseline scorers (fit + score) and a trained scorer, seconds per pool row.
 BASELINES_S_PER_ROW = 0.0004
+DEDUP_S_PER_ROW = 0.00084  # dedup + contamination: 17.5 s for 20,884 rows (docs/demo.md)
 SCORER_S_PER_ROW = 0.000015
 # FLYT / M-FLYT, seconds per step at upstream 1024 / downstream 256 (4 tasks), and a run's start.
 FLYT_STEP_S, MFLYT_STEP_S, TRAIN_START_S = 0.12, 0.11, 0.7
@@ -144,11 +145,15 @@ def demo_plan(cfg, scorer_config: Callable, task_dirs: Callable) -> list[Stage]:
     pool, base = teacher_dir / "pool", cfg.out / "scores" / f"baselines-{key}"
     stages.append(Stage("baseline scores", f"{rows:,} pool rows x {len(BASELINE_SCORERS)} scorers",
                         rows * BASELINES_S_PER_ROW, teacher and _complete(base, pool)))
+    # dedup + contamination read the benchmark's own pool (not the teacher's): cached once it is scored.
+    dedup = cfg.out / "scores" / f"dedup-{key}"
+    stages.append(Stage("dedup + contamination", f"{rows:,} pool rows: near-duplicate groups, nearest task test image",
+                        rows * DEDUP_S_PER_ROW, ready and _complete(dedup, bench / "pool")))
     flyt_run = mflyt_run = None
     if teacher:
         tasks = task_dirs(teacher_dir)
         flyt_run = scorer_run_dir(scorer_config(cfg, "flyt", pool, tasks), cfg.out / "runs")
-        inputs = [base, cfg.out / "scores" / flyt_run.name, cfg.out / "scores" / f"dedup-{key}"]
+        inputs = [base, cfg.out / "scores" / flyt_run.name, dedup]
         mflyt_run = scorer_run_dir(scorer_config(cfg, "mflyt", pool, tasks, MIX_INPUTS + DEDUP_MIX_INPUTS, inputs),
                                    cfg.out / "runs")
     for label, steps, per_step, run in (("FLYT", cfg.flyt_steps, FLYT_STEP_S, flyt_run),
