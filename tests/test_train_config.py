@@ -14,7 +14,7 @@ from flyt.training.schedule import cosine_lr
 # issue 11's 'pool_buffer' and 'pool_block': the streamed pool).
 KEYS = [
     "mode", "name", "pool", "pair", "pool_fraction", "pool_buffer", "pool_block", "scores", "score_columns",
-    "score_clip",  # issue 12: robust M-FLYT inputs
+    "score_clip", "score_transform",  # issue 12: robust M-FLYT inputs
     "tasks",
     *(f"reference.{k}" for k in ["kind", "embed_dim", "init", "logit_scale", "optimizer", "beta1", "beta2", "eps",
                                  "weight_decay", "model", "weights", "pool_shards", "precision", "device",

@@ -47,8 +47,11 @@ ICON_NPM = ["flag-icons@7.5.0", "circle-flags@2.8.3", "@iconify-json/ri@1.2.10",
             "@iconify-json/streamline-emojis@1.2.4"]
 # The general FLYT task's emoji sets (two EmojiOne releases, drawn differently), in a prefix of their own.
 GENERAL_NPM = ["@iconify-json/emojione@1.2.3", "@iconify-json/emojione-v1@1.2.3"]
+# The validation-only tasks' sets (flyt.bench.valtasks: brand logos in two drawings, game-icons.net's
+# silhouettes), in a prefix of their own; prepared only on request, never by the benchmark's build.
+VALONLY_NPM = ["@iconify-json/logos@1.2.19", "@iconify-json/simple-icons@1.2.103", "@iconify-json/game-icons@1.2.4"]
 # fetch step name -> the npm packages it installs into ``<cache>/<step name>``
-NPM_SETS = {"npm": NPM, "npm-icons": ICON_NPM, "npm-general": GENERAL_NPM}
+NPM_SETS = {"npm": NPM, "npm-icons": ICON_NPM, "npm-general": GENERAL_NPM, "npm-valonly": VALONLY_NPM}
 
 RENDERED_SCHEMA = pa.schema(
     [
@@ -575,6 +578,53 @@ def _source_general_emoji(root: Path, cache: Path):
     return recs, jobs
 
 
+# ---------------------------------------------------------------- the validation-only tasks' sources
+# Sets no pool source, FLYT task, held-out task, scorer or training run uses (flyt.bench.valtasks builds
+# their tasks, which only choose options on validation).
+
+
+def _source_logos(root: Path, cache: Path):
+    """Brand and software logos in two drawings: SVG Logos (colour; its ``-icon`` drawing, the mark
+    without the wordmark, where it has one) and Simple Icons (monochrome), for every name both sets
+    give (SVG Logos' ``apache-kafka`` is Simple Icons' ``apachekafka``). group = SVG Logos' name
+    without ``-icon``, subgroup = the set."""
+    logos = iconify_svgs(cache, "logos", "npm-valonly")[0]
+    simple = iconify_svgs(cache, "simple-icons", "npm-valonly")[0]
+    drawing = {}
+    for name in sorted(logos):  # "x-icon" sorts after "x": the mark wins over the full logo
+        drawing[name[: -len("-icon")] if name.endswith("-icon") else name] = name
+    recs, jobs = [], []
+    for brand in sorted(b for b in drawing if b.replace("-", "") in simple):
+        for package, icons, icon in (("logos", logos, drawing[brand]), ("simple-icons", simple, brand.replace("-", ""))):
+            recs.append({"key": f"{package}/{icon}", "text": brand.replace("-", " "), "group": brand,
+                         "subgroup": package})
+            jobs.append(("svgtext", icons[icon]))
+    return recs, jobs
+
+
+# game-icons.net silhouettes whose name ends in one of these words ("battle-axe", "wine-bottle") are an
+# object task's images. Written before any student looked at them: everyday and fantasy objects that the
+# set draws at least 5 times, none an animal, a chess piece, a flag or a Fashion-MNIST class ("boot" and
+# "bag" are left out); a word the set uses for two unlike things is left out too ("tank": a vehicle or a
+# container; "chest"). Some icons stay loosely named ("boxing-ring" is a ring).
+GAME_ICON_OBJECTS = ("axe", "ball", "bomb", "book", "bottle", "crown", "dagger", "door", "flower", "gun", "hammer",
+                     "hat", "helmet", "house", "jar", "key", "knife", "lantern", "mask", "mushroom", "pot", "ring",
+                     "shield", "spear", "sword", "tree")
+
+
+def _source_game_icons(root: Path, cache: Path):
+    """game-icons.net's icons (npm ``@iconify-json/game-icons``, black silhouettes) whose name's last word
+    is one of GAME_ICON_OBJECTS. group = that word, subgroup = the icon's name."""
+    icons = iconify_svgs(cache, "game-icons", "npm-valonly")[0]
+    recs, jobs = [], []
+    for name in sorted(icons):
+        word = name.rsplit("-", 1)[-1]
+        if word in GAME_ICON_OBJECTS:
+            recs.append({"key": name, "text": name.replace("-", " "), "group": word, "subgroup": name})
+            jobs.append(("svgtext", icons[name]))
+    return recs, jobs
+
+
 # name -> (what it builds from, the function listing its records and render jobs)
 SOURCES = {
     "noto": _source_noto,
@@ -608,18 +658,23 @@ NEEDS = {
     "chess": ["pychess"],
     "remix_icons": ["npm-icons"],
     "animal_emoji": ["npm-icons"],
+    "logos": ["npm-valonly"],
+    "game_icons": ["npm-valonly"],
 }
 POOL_SOURCES = ["noto", "twemoji", "tuxpaint", "openclipart", "papirus"]
 TASK_SOURCES = ["openmoji", "fluent", "fashion_mnist", "digits", "general_emoji"]
 HELDOUT_SOURCES = ["flags", "chess", "remix_icons", "animal_emoji"]  # read only by the final evaluation
 ALL_SOURCES = POOL_SOURCES + TASK_SOURCES + HELDOUT_SOURCES
+# The validation-only tasks' sources (flyt.bench.valtasks): not in ALL_SOURCES, so neither the benchmark's
+# build, its identity (benchmark.json) nor the demo's plan and caches change; prepared on request.
+VALONLY_SOURCES = {"logos": _source_logos, "game_icons": _source_game_icons}
 
 
 def render_source(cache: Path, name: str, size: int = RENDER_SIZE, workers: int = 2, limit: int | None = None,
                   listed: tuple | None = None, bar: Progress | None = None) -> dict:
     """Render one source into ``rendered/<name>.parquet`` (atomically). ``listed``: its (records, jobs)
     if already listed; ``bar`` advances one per image."""
-    recs, jobs = listed if listed is not None else SOURCES[name](cache / "root", cache)
+    recs, jobs = listed if listed is not None else {**SOURCES, **VALONLY_SOURCES}[name](cache / "root", cache)
     if limit is not None:
         recs, jobs = recs[:limit], jobs[:limit]
     if not recs:
@@ -677,11 +732,12 @@ def prepare(cache=None, sources=None, workers: int = 2, log=print, progress: boo
     cache = cache_dir(cache)
     cache.mkdir(parents=True, exist_ok=True)
     sources = list(sources or ALL_SOURCES)
-    unknown = [s for s in sources if s not in SOURCES]
+    known = {**SOURCES, **VALONLY_SOURCES}
+    unknown = [s for s in sources if s not in known]
     if unknown:
-        raise FlytError(f"unknown asset source '{unknown[0]}' (choose from: {', '.join(SOURCES)})")
+        raise FlytError(f"unknown asset source '{unknown[0]}' (choose from: {', '.join(known)})")
     timings = fetch(cache, {n for s in sources for n in NEEDS[s]}, log, progress)
-    listed = {name: SOURCES[name](cache / "root", cache) for name in sources
+    listed = {name: known[name](cache / "root", cache) for name in sources
               if not _marker(cache, render_step(name)).is_file()}
     with Progress(sum(len(jobs) for _, jobs in listed.values()), "assets: render", unit="image", show=progress) as bar:
         for name in sources:

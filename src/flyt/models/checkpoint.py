@@ -49,7 +49,9 @@ def build_model(kind: str, model_config: dict) -> torch.nn.Module:
         return SwiGLUScorer(**model_config)
     if kind == "mflyt":
         return ScoreMixer(model_config["columns"], model_config["mean"], model_config["std"],
-                          bias=bool(model_config.get("bias", False)), clip=model_config.get("clip"))
+                          bias=bool(model_config.get("bias", False)), clip=model_config.get("clip"),
+                          transform=model_config.get("transform", "zscore"), knots=model_config.get("knots"),
+                          levels=model_config.get("levels"))
     raise FlytError(f"unknown scorer kind {kind!r}")
 
 

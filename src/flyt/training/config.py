@@ -30,6 +30,7 @@ MODES = ("flyt", "mflyt")
 # which would load torch into every `flyt` command's start-up (the CLI builds --help from this module)
 CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)
 PAIRS = ("b32", "l14")
+SCORE_TRANSFORMS = ("zscore", "rank")  # flyt.models.mixing.TRANSFORMS (not imported: it loads torch)
 REFERENCE_INITS = ("auto", "identity", "random")
 # flyt.sampling.clocks.MAX_PENALTY (not imported: this module stays light, see above)
 SCS_MAX_PENALTY = 512.0
@@ -102,6 +103,9 @@ class TrainConfig:
     # M-FLYT: clip each standardised input to [-score_clip, score_clip] (None: plain z-scores, the paper). A
     # few outliers of a mostly-constant score otherwise dominate its z-scores and hence its learned weight.
     score_clip: float | None = None
+    # M-FLYT: how each input is standardised: zscore (the paper) | rank (its empirical CDF on the pool, centred,
+    # within +-sqrt(3); ties and near-constant scores carry little signal; flyt.models.mixing)
+    score_transform: str = "zscore"
     tasks: list[str] = field(default_factory=list)  # downstream task directories
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)  # the reference model theta
     scorer: ScorerHeadConfig = field(default_factory=ScorerHeadConfig)  # the FLYT scorer head
@@ -252,6 +256,9 @@ def _validate(cfg: TrainConfig, base_dir: Path) -> TrainConfig:
     if cfg.score_clip is not None and (not isinstance(cfg.score_clip, (int, float)) or isinstance(cfg.score_clip, bool)
                                        or not 0 < cfg.score_clip < math.inf):
         raise FlytError(f"config key 'score_clip' must be a positive number or null, got {cfg.score_clip!r}")
+    if cfg.score_transform not in SCORE_TRANSFORMS:
+        raise FlytError(f"config key 'score_transform' must be one of {', '.join(SCORE_TRANSFORMS)}, "
+                        f"got {cfg.score_transform!r}")
     if cfg.pair not in PAIRS:
         raise FlytError(f"config key 'pair' must be b32 or l14, got {cfg.pair!r}")
     for key in ("steps", "upstream_batch", "downstream_batch", "checkpoint_every", "keep_checkpoint_every",
