@@ -70,3 +70,44 @@ def test_ray_map_shards_order_and_errors():
         assert ray.is_initialized()  # a Ray it did not start is left running
     finally:
         ray.shutdown()
+
+
+def test_a_command_starts_ray_once_for_all_its_passes(tmp_path, monkeypatch):
+    """dedup runs several passes over the pool (hash, spill, solve) before the score shards: called through
+    flyt.score, Ray starts once for all of them and is shut down at the end; the pipeline function on its
+    own starts (and stops) a Ray per pass, which is what the session saves."""
+    ray = pytest.importorskip("ray")
+    import flyt
+    from flyt.engines import ray as ray_engine
+
+    pool = make_flyt_pool(tmp_path / "pool", shards=3, rows=200, dim=16)
+    opts = ScorerOptions(dedup_clusters=4, dedup_sample=600)
+    inits, real_init = [], ray.init
+    monkeypatch.setattr(ray, "init", lambda *a, **k: inits.append(1) or real_init(*a, **k))
+    tasks_before = sum(ray_engine.tasks_per_node.values())
+    flyt.score(pool=pool, out=tmp_path / "api", scorers=["dedup"], options=opts, engine="ray", workers=2,
+               progress=False)
+    tasks = sum(ray_engine.tasks_per_node.values()) - tasks_before
+    assert len(inits) == 1 and not ray.is_initialized() and tasks > 3  # more tasks than shards: several passes
+    score_pool(pool, tmp_path / "direct", ["dedup"], opts, engine="ray", workers=2, progress=False)
+    assert len(inits) > 2 and not ray.is_initialized()
+    same = {p.name: p.read_bytes() for p in sorted((tmp_path / "api").glob("*.parquet"))}
+    assert same == {p.name: p.read_bytes() for p in sorted((tmp_path / "direct").glob("*.parquet"))}
+
+
+def test_a_session_leaves_a_ray_it_did_not_start_running():
+    ray = pytest.importorskip("ray")
+    from flyt.engines import session
+    from flyt.engines.ray import map_shards
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        with session("ray"), session("ray"):  # nested: the outer one decides
+            assert list(map_shards(abs, [-1, -2], workers=1)) == [1, 2]
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
+    with session("ray"):
+        assert list(map_shards(abs, [-3], workers=1)) == [3]
+        assert ray.is_initialized()  # started inside the session: kept until it ends
+    assert not ray.is_initialized()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flyt.api._config import make_config
-from flyt.engines import ENGINES
+from flyt.engines import ENGINES, session
 from flyt.errors import FlytError
 from flyt.io.stream import SubsetStream, subset_stream
 from flyt.pipeline.reshard import ReshardSummary
@@ -69,8 +69,9 @@ def reshard(config: ReshardConfig | dict | None = None, *, check: bool = True, *
     with ``check`` (default) it raises ``FlytError`` at the end, naming it.
     """
     cfg = make_config(ReshardConfig, config, fields, "flyt.reshard")
-    summary = run_reshard(cfg.subset, cfg.shards, cfg.out, samples_per_shard=cfg.samples_per_shard, seed=cfg.seed,
-                          engine=cfg.engine, workers=cfg.workers)
+    with session(cfg.engine):  # Ray, if used, starts once for the index and the write passes
+        summary = run_reshard(cfg.subset, cfg.shards, cfg.out, samples_per_shard=cfg.samples_per_shard, seed=cfg.seed,
+                              engine=cfg.engine, workers=cfg.workers)
     result = ReshardResult(**vars(summary))
     if check:
         result.raise_for_failures()

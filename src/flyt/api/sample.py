@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from flyt.api._config import make_config
-from flyt.engines import get_map_shards
+from flyt.engines import get_map_shards, session
 from flyt.errors import FlytError
 from flyt.io.atomic import check_writable_dir, exclusive_lock, remove_leftovers
 from flyt.io.subsets import check_output_file, summary_path, write_subset_chunks
@@ -214,6 +214,7 @@ def sample(config: SampleConfig | dict | None = None, **fields) -> SampleResult:
             # Counting the kept rows reads only the rule columns: local processes even for --engine ray.
             sources, excluded = exclude(sources, cfg.exclude, [Path(d).absolute() for d in cfg.exclude_scores],
                                         get_map_shards("local"), min(cfg.workers, max(1, len(sources))))
+        held.enter_context(session(cfg.engine))  # Ray, if used, starts once for every step of the draw
         selection = draw(spec, sources, engine=cfg.engine, workers=cfg.workers,
                          max_memory=parse_size(cfg.max_memory, "--max-memory"), spill_dir=_spill_dir(out, held, cfg.spill_dir),
                          groups=parse_groups(cfg.groups) if cfg.groups is not None else None)

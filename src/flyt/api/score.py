@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flyt.api._config import make_config
-from flyt.engines import ENGINES
+from flyt.engines import ENGINES, session
 from flyt.errors import FlytError
 from flyt.io.datacomp import PAIRS
 from flyt.io.pool import DEFAULT_PAIR
@@ -77,10 +77,11 @@ def score(config: ScoreConfig | dict | None = None, *, check: bool = True, **fie
     end, naming the first.
     """
     cfg = make_config(ScoreConfig, config, fields, "flyt.score")
-    summary = score_pool(
-        cfg.pool, cfg.out, cfg.scorers, cfg.options, tasks=cfg.tasks, score_dirs=cfg.scores, workers=cfg.workers,
-        engine=cfg.engine, pair=cfg.pair, batch_rows=cfg.batch_rows, seed=cfg.seed, progress=cfg.progress,
-    )
+    with session(cfg.engine):  # Ray, if used, starts once for every pass (dedup's several, the shards')
+        summary = score_pool(
+            cfg.pool, cfg.out, cfg.scorers, cfg.options, tasks=cfg.tasks, score_dirs=cfg.scores, workers=cfg.workers,
+            engine=cfg.engine, pair=cfg.pair, batch_rows=cfg.batch_rows, seed=cfg.seed, progress=cfg.progress,
+        )
     result = ScoreResult(**vars(summary), out=Path(cfg.out))
     if check:
         result.raise_for_failures()

@@ -1,9 +1,12 @@
 """Engines decide where per-shard functions run: ``local`` (in-process / process pool) or ``ray``.
 
-Both offer ``map_shards(fn, items, workers=1) -> iterator of fn(item)`` in input order.
+Both offer ``map_shards(fn, items, workers=1) -> iterator of fn(item)`` in input order;
+``session(engine)`` spans a command of several stages (Ray then starts at most once in it).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 ENGINES = ("local", "ray")
 
@@ -24,3 +27,13 @@ def get_map_shards(engine: str):
     from flyt.errors import FlytError
 
     raise FlytError(f"option --engine: unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+
+
+def session(engine: str):
+    """A context for a whole multi-stage run on ``engine``: on ``ray``, a Ray that the run's map_shards
+    calls start stays up until the context ends (flyt.engines.ray.session); on ``local``, nothing."""
+    if engine == "ray":
+        from flyt.engines.ray import session as ray_session
+
+        return ray_session()
+    return contextlib.nullcontext()

@@ -4,7 +4,9 @@
 ``2 * workers`` tasks are in flight, so results (and their object-store memory) do not pile up on
 huge pools. If Ray is not initialised yet, this starts it: connecting to the cluster named by
 ``RAY_ADDRESS`` when set, else a local Ray with ``num_cpus=workers``; ``FLYT_RAY_LOCAL_MODE=1``
-uses Ray's serial local mode (debugging). A Ray started here is shut down when the iteration ends.
+uses Ray's serial local mode (debugging). A Ray started here is shut down when the iteration ends,
+or, inside ``session()``, when the session ends: a command of several stages (dedup's fit, hash, spill
+and solve passes, then the score shards; reshard's index and write) starts Ray once, not per stage.
 ``fn`` may be any picklable callable (a module-level function, a builtin, a functools.partial).
 
 On a cluster, tasks are spread over the nodes (Ray's ``SPREAD`` strategy: per-shard work is I/O and
@@ -15,6 +17,7 @@ see where the work went.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter, deque
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -25,6 +28,26 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 tasks_per_node: Counter = Counter()
+_sessions = 0  # open session() contexts (nested: the outermost one shuts down)
+_started_in_session = False  # a map_shards inside a session started Ray: the session shuts it down
+
+
+@contextlib.contextmanager
+def session():
+    """Keep a Ray that a map_shards call starts inside this context running until the context ends.
+    Starts nothing itself (a run with nothing to do never starts Ray), and leaves a Ray it did not
+    start (RAY_ADDRESS's cluster joined by the caller, or ``ray.init`` called by the user) alone."""
+    global _sessions, _started_in_session
+    _sessions += 1
+    try:
+        yield
+    finally:
+        _sessions -= 1
+        if not _sessions and _started_in_session:
+            _started_in_session = False
+            import ray
+
+            ray.shutdown()
 
 
 def _init(ray, workers: int) -> bool:
@@ -50,6 +73,7 @@ def _call(fn, item):
 
 def map_shards(fn: Callable[[T], R], items: Iterable[T], workers: int = 1) -> Iterator[R]:
     """Yield fn(item) for each item, in order, computed by Ray tasks (``workers`` at a time x2)."""
+    global _started_in_session
     ray = require("ray", "ray")
     items = list(items)
     if not items:
@@ -77,5 +101,7 @@ def map_shards(fn: Callable[[T], R], items: Iterable[T], workers: int = 1) -> It
             tasks_per_node[node] += 1
             yield result
     finally:
-        if started:
+        if started and _sessions:
+            _started_in_session = True
+        elif started:
             ray.shutdown()

@@ -163,7 +163,7 @@ def demo_plan(cfg, scorer_config: Callable, task_dirs: Callable) -> list[Stage]:
                             TRAIN_START_S + steps * per_step + rows * SCORER_S_PER_ROW, done))
 
     strategies = demo_strategies(cfg.fractions, cfg.penalties, cfg.random_fraction)
-    grid = sum(len(s.options) for s in strategies if s.chooses)
+    grid = sum(len(s.options) for s in strategies if s.chooses) * len(cfg.validation_seeds or (cfg.validation_seed,))
     s = cfg.student
     finals = len(strategies) * len(cfg.seeds)
     # Students are cached by their subsets, known only once drawn: "cached" when everything they are
