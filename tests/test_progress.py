@@ -158,6 +158,9 @@ def test_a_finished_runs_plan_says_its_stages_are_cached(terminal_run, monkeypat
     # other training settings: the scorers are not the cached ones
     changed = {s.name: s.cached for s in demo_plan(replace(cfg, flyt_steps=13), scorer_config, _task_dirs)}
     assert changed["teacher"] and changed["baseline scores"] and not changed["FLYT"] and not changed["M-FLYT"]
+    # another pipeline seed: its own teacher and baselines (not this run's); dedup reads the benchmark's pool
+    seeded = {s.name: s.cached for s in demo_plan(replace(cfg, pipeline_seed=1), scorer_config, _task_dirs)}
+    assert not seeded["teacher"] and not seeded["baseline scores"] and seeded["dedup + contamination"], seeded
     assert "cached" in plan_lines(stages)[2]
 
 

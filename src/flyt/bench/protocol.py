@@ -111,3 +111,10 @@ def best_option(val_averages: list) -> int:
     """The choice rule: the option with the highest validation average (the first on ties); an option
     without one (a strategy with nothing to choose trains no validation student) counts as -inf."""
     return max(range(len(val_averages)), key=lambda i: -np.inf if val_averages[i] is None else val_averages[i])
+
+
+def pipeline_key(key: str, cfg) -> str:
+    """The key of the teacher and baseline scores: the benchmark key, and the pipeline seed unless 0 (so
+    the demo's own caches keep their names). Students keep ``key``: a student's result does not depend
+    on the teacher, only on its multiset, so pipeline seeds share the students of equal subsets."""
+    return key if not cfg.pipeline_seed else cache_key(key, "pipeline_seed", int(cfg.pipeline_seed), length=16)

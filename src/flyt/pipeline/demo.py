@@ -39,6 +39,7 @@ from flyt.bench.protocol import (
     best_option,
     load_heldout_tasks,
     load_tasks,
+    pipeline_key,
     pool_metadata,
     split_validation,
 )
@@ -335,13 +336,6 @@ def final_students(out: Path, key: str, raw, cfg: DemoConfig, tasks: list[Task],
     cached accuracy file always holds every one of them) and the task groups of its averages."""
     students = StudentRuns(out / "students", cache_key(key, [t.name for t in tasks + heldout]), raw, cfg.student)
     return students, {"average_flyt": [t.name for t in tasks], "average_heldout": [h.name for h in heldout]}
-
-
-def pipeline_key(key: str, cfg: DemoConfig) -> str:
-    """The key of the teacher and baseline scores: the benchmark key, and the pipeline seed unless 0 (so
-    the demo's own caches keep their names). Students keep ``key``: a student's result does not depend
-    on the teacher, only on its multiset, so pipeline seeds share the students of equal subsets."""
-    return key if not cfg.pipeline_seed else cache_key(key, "pipeline_seed", int(cfg.pipeline_seed), length=16)
 
 
 def scorer_config(cfg: DemoConfig, mode: str, pool: Path, tasks: list[str], score_columns=(), scores=()) -> dict:

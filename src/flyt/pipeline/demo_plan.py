@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from flyt.bench import assets
 from flyt.bench.build import built, default_out
 from flyt.bench.pool import PoolConfig
-from flyt.bench.protocol import BASELINE_SCORERS, DEDUP_MIX_INPUTS, MIX_INPUTS, benchmark_key
+from flyt.bench.protocol import BASELINE_SCORERS, DEDUP_MIX_INPUTS, MIX_INPUTS, benchmark_key, pipeline_key
 from flyt.bench.runs import scorer_run_dir
 from flyt.bench.strategies import demo_strategies
 from flyt.io.cache import cache_dir
@@ -137,12 +137,12 @@ def demo_plan(cfg, scorer_config: Callable, task_dirs: Callable) -> list[Stage]:
 
     # Everything after the benchmark is cached under a key of it: nothing is cached before it exists.
     key = benchmark_key(bench, cfg.teacher, cfg.validation_seed, cfg.validation_fraction) if ready else None
-    teacher_dir = cfg.out / f"teacher-{key}"
+    teacher_dir = cfg.out / f"teacher-{pipeline_key(key, cfg)}"
     teacher = ready and (teacher_dir / "done.json").is_file()
     t = cfg.teacher
     stages.append(Stage("teacher", f"{t.samples_seen:,} samples", student_seconds(1, 1, t.samples_seen, t.batch_size),
                         teacher))
-    pool, base = teacher_dir / "pool", cfg.out / "scores" / f"baselines-{key}"
+    pool, base = teacher_dir / "pool", cfg.out / "scores" / f"baselines-{pipeline_key(key, cfg)}"
     stages.append(Stage("baseline scores", f"{rows:,} pool rows x {len(BASELINE_SCORERS)} scorers",
                         rows * BASELINES_S_PER_ROW, teacher and _complete(base, pool)))
     # dedup + contamination read the benchmark's own pool (not the teacher's): cached once it is scored.
