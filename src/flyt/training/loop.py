@@ -47,14 +47,13 @@ def build_scorer(cfg: TrainConfig, pool, image_dim: int, text_dim: int) -> torch
     if cfg.mode == "flyt":
         s = cfg.scorer
         return SwiGLUScorer(image_dim, text_dim, s.hidden_dim, s.depth, s.cosine_init, s.init_noise)
-    if cfg.score_transform != "zscore":  # fitted on the pool's score columns: in memory only
-        if getattr(pool, "streaming", False):
-            raise FlytError(f"config key 'score_transform' {cfg.score_transform!r} is fitted on the pool's scores in "
-                            f"memory; a streamed pool (pool_buffer) supports zscore only")
+    ranked = cfg.score_transform != "zscore"  # fitted on the pool's score columns: in memory only
+    if ranked and getattr(pool, "streaming", False):
+        raise FlytError(f"config key 'score_transform' {cfg.score_transform!r} is fitted on the pool's scores in "
+                        f"memory; a streamed pool (pool_buffer) supports zscore only")
+    if isinstance(pool, PoolArrays) or ranked:
         scores = pool.scores if isinstance(pool, PoolArrays) else pool.pool.scores
         return ScoreMixer.fit_statistics(cfg.score_columns, scores, clip=cfg.score_clip, transform=cfg.score_transform)
-    if isinstance(pool, PoolArrays):
-        return ScoreMixer.fit_statistics(cfg.score_columns, pool.scores, clip=cfg.score_clip)
     return ScoreMixer(cfg.score_columns, *pool.score_statistics(), clip=cfg.score_clip)
 
 
