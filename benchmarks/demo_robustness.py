@@ -34,7 +34,7 @@ from flyt.bench.results import AVERAGES
 from flyt.io.atomic import write_json, write_text
 from flyt.pipeline.demo import DemoConfig, run_demo
 
-LEARNED = ["flyt_scs", "mflyt_scs", "flyt_topk", "mflyt_topk"]
+LEARNED = ["flyt_scs", "mflyt_scs", "flyt_scs_floor", "mflyt_scs_floor", "flyt_topk", "mflyt_topk"]
 REFERENCES = ["no_filter", "clip_score"]
 
 

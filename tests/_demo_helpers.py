@@ -144,7 +144,7 @@ def tiny_config(out, bench_dir) -> DemoConfig:
     """CI-sized demo settings: every stage runs, each for a few optimiser steps."""
     return DemoConfig(
         out=out, bench_dir=bench_dir, seeds=SEEDS, fractions=(0.3, 0.6), penalties=(0.15, 0.5),
-        random_fraction=0.5,
+        random_fraction=0.5, floor_quantiles=(0.0, 0.5),
         teacher=StudentConfig(dim=16, samples_seen=2_000, batch_size=64),
         student=StudentConfig(dim=16, samples_seen=STUDENT_SAMPLES, batch_size=64),
         flyt_steps=12, mflyt_steps=12, upstream_batch=64, downstream_batch=32,

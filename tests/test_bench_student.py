@@ -185,3 +185,25 @@ def test_defect_auc_matches_counting_every_pair():
         assert got["s"][d] == pytest.approx(brute, abs=1e-12)
         assert got["perfect"][d] == 1.0
     assert defect_auc({"r": -(defects == "none").astype(float)}, defects)["r"]["swapped"] == 0.0
+
+
+def test_student_runs_train_each_distinct_student_once_and_reuse_it(tmp_path, monkeypatch):
+    """Two options that draw the same multiset share one student: a batch with repeats trains each
+    distinct (multiset, seed) once, and every run gets that student's accuracies; a second call trains none."""
+    from types import SimpleNamespace
+
+    import flyt.bench.runs as runs_module
+
+    image, text, task = _world()
+    calls = []
+    real = runs_module.train_students
+    monkeypatch.setattr(runs_module, "train_students", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    cfg = StudentConfig(dim=8, samples_seen=512, batch_size=128)
+    students = runs_module.StudentRuns(tmp_path, "key", SimpleNamespace(image=image, text=text), cfg)
+    a, b = np.arange(0, 600), np.arange(300, 900)
+    runs = [(a, 0), (b, 0), (a.copy(), 0), (a, 1), (b, 0)]
+    assert students.todo(runs, "test") == 3
+    first = students.evaluate(runs, [task], "test")
+    assert calls == [3] and (students.trained, students.cached) == (3, 2)
+    assert first[0] == first[2] and first[1] == first[4] and first[0] != first[3]
+    assert students.evaluate(runs, [task], "test") == first and calls == [3] and students.todo(runs, "test") == 0

@@ -15,8 +15,8 @@ from flyt.io.pool import load_pool
 from flyt.io.uids import UID_DTYPE, uids_to_pairs
 from flyt.pipeline.demo import run_demo
 
-STRATEGIES = {"no_filter", "random", *BASELINES, "flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs",
-              "mflyt_scs_groups"}
+LEARNED = {"flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs", "flyt_scs_floor", "mflyt_scs_floor", "mflyt_scs_groups"}
+STRATEGIES = {"no_filter", "random", *BASELINES, *LEARNED}
 TASKS = ["digits", "emoji_names", "fashion_mnist", "fluent_subgroups", "openmoji_groups"]
 HELDOUT = ["animal_names", "chess_pieces", "country_flags", "icon_categories"]
 AVERAGES = ["average_flyt", "average_heldout", "average"]
@@ -60,7 +60,7 @@ def test_results_json_has_every_strategy_per_task_with_spread(demo):
     # each learned strategy against no filtering and CLIP score, on every average, from the table's numbers
     for average in AVERAGES:
         found = saved["comparisons"][average]
-        assert set(found) == {"flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs", "mflyt_scs_groups"}
+        assert set(found) == LEARNED
         for name, refs in found.items():
             assert set(refs) == {"no_filter", "clip_score"}
             for ref, c in refs.items():
@@ -74,9 +74,12 @@ def test_results_json_has_every_strategy_per_task_with_spread(demo):
     for name in STRATEGIES - {"no_filter", "random"}:
         chosen = saved["results"][name]["chosen"]
         grid = cfg.penalties if "_scs" in name else cfg.fractions
-        assert chosen["option"][1] in grid and math.isfinite(chosen["val_average"]), name
+        if name.endswith("_floor"):  # every CLIP-score floor q crossed with every penalty
+            grid = [[q, p] for q in cfg.floor_quantiles for p in cfg.penalties]
+        value = chosen["option"][1:] if name.endswith("_floor") else chosen["option"][1]
+        assert value in grid and math.isfinite(chosen["val_average"]), name
         tried = saved["validation"][name]
-        assert [t["option"][1] for t in tried] == list(grid)
+        assert [t["option"][1:] if name.endswith("_floor") else t["option"][1] for t in tried] == list(grid)
         assert chosen["val_average"] == max(t["val_average"] for t in tried)
     assert set(saved["mflyt_weights"]) >= {"flyt", "clip_score", "caption_words", "dedup_nearest"}
     assert set(saved["verdict"]) >= {"mflyt_scs_beats_every_single_baseline", "flyt_beats_clip_score"}
@@ -98,8 +101,11 @@ def test_subsets_are_datacomp_subsets_of_the_pool(demo):
         assert np.isin(a, pool_pairs).all(), f"{name}: uids outside the pool"
         option = summary["results"][name]["chosen"]["option"]
         kind = option[0]
-        if kind in ("scs", "scs_groups"):  # SCS draws exactly the student's samples-seen budget, with repeats
+        if kind in ("scs", "scs_groups", "scs_floor"):  # SCS draws exactly the samples-seen budget, with repeats
             assert len(a) == STUDENT_SAMPLES and len(np.unique(a)) < len(a), name
+            if kind == "scs_floor" and option[1] > 0:  # nothing from the bottom q by CLIP score
+                cut = np.sort(list(scores["clip_score"].values()))[int(option[1] * n)]
+                assert min(scores["clip_score"][k] for k in set(a.tolist())) >= cut, name
         elif kind == "topk":  # the top fraction, each once, and truly the top by its score
             assert len(a) == len(np.unique(a)) == int(option[1] * n), name
             column = {"flyt_topk": "flyt", "mflyt_topk": "mflyt"}.get(name, name)
@@ -218,6 +224,36 @@ def test_heldout_tasks_are_read_only_by_the_final_evaluation(demo):
     # the teacher space (which FLYT, M-FLYT and the downstream-aware baselines train on) has FLYT's tasks only
     (teacher,) = out.glob("teacher-*")
     assert sorted(p.name for p in (teacher / "tasks").iterdir()) == TASKS
+
+
+def test_scs_above_a_clip_score_floor_is_scs_on_the_pool_without_its_bottom_rows(demo, tmp_path):
+    """The floor strategy drops the bottom floor(q n) rows by clip_score, then draws exactly what Soft Cap
+    Sampling draws from a score directory that never held those rows; q = 0 is plain SCS."""
+    from flyt.bench.strategies import DrawContext, FlooredSoftCapSampling, SoftCapSampling
+    from flyt.io.scores import write_score_shard
+    from flyt.pipeline.demo import read_scores
+
+    bench, out, _, _ = demo
+    raw = load_pool(bench / "pool")
+    dirs = {"baselines": next((out / "scores").glob("baselines-*")), "mflyt": next((out / "scores").glob("mflyt-*"))}
+    scores = read_scores(dirs, raw.uids)
+    context = DrawContext(raw.uids, dirs, STUDENT_SAMPLES, 0)
+    floored, plain = FlooredSoftCapSampling("f", "f", "mflyt"), SoftCapSampling("p", "p", "mflyt")
+    same = lambda a, b: np.array_equal(a.pairs, b.pairs) and np.array_equal(a.counts, b.counts)  # noqa: E731
+    assert same(floored.draw((0.0, 0.15), context), plain.draw(0.15, context))
+    assert floored.draw_key((0.0, 0.15)) == plain.draw_key(0.15) != floored.draw_key((0.1, 0.15))  # one student
+    n, order = len(raw.uids), np.argsort(scores["clip_score"], kind="stable")
+    ranked = scores["clip_score"][order]
+    cut = next(i for i in range(n // 3, n) if ranked[i - 1] < ranked[i])  # the tiny pool has ties: cut between two values
+    q = (cut + 0.5) / n
+    kept = np.sort(order[int(q * n):])
+    write_score_shard(tmp_path / "kept", "part-00000", raw.uids[kept], {"mflyt": scores["mflyt"][kept]})
+    drawn = floored.draw((q, 0.15), context)
+    expected = plain.draw(0.15, DrawContext(raw.uids, {**dirs, "mflyt": tmp_path / "kept"}, STUDENT_SAMPLES, 0))
+    assert same(drawn, expected) and drawn.counts.sum() == STUDENT_SAMPLES
+    dropped = set(uids_to_pairs(raw.uids[order[:int(q * n)]], "pool").tolist())
+    assert dropped and not dropped & set(drawn.pairs.tolist())
+    assert not same(drawn, plain.draw(0.15, context))  # the floor changed the draw
 
 
 def test_dedup_and_contamination_join_the_defect_table_and_grouped_scs_counts_per_group(demo):

@@ -28,7 +28,7 @@ TITLE = "flyt demo: results"
 # the averages of the table, in its column order: key in mean/std -> what it averages over
 AVERAGES = {"average_flyt": "FLYT's tasks", "average_heldout": "held-out tasks", "average": "all tasks"}
 # the learned strategies whose held-out results are stated, and what each is compared with
-LEARNED = ["flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs", "mflyt_scs_groups"]
+LEARNED = ["flyt_topk", "flyt_scs", "mflyt_topk", "mflyt_scs", "flyt_scs_floor", "mflyt_scs_floor", "mflyt_scs_groups"]
 REFERENCES = ["no_filter", "clip_score"]
 
 
@@ -108,7 +108,7 @@ def results_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in summary["results"].values():
         chosen = r["chosen"]["option"]
-        option = "-" if chosen[0] == "all" else f"{chosen[0]} {chosen[1]}"
+        option = "-" if chosen[0] == "all" else " ".join(map(str, chosen))  # kind, then its values
         cells = [f"{100 * r['mean'][t]:.1f} +- {100 * r['std'][t]:.1f}" for t in [*tasks, *averages]]
         rows.append([r["label"], option, *cells])
     return header, rows

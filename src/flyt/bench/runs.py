@@ -54,7 +54,8 @@ class StudentRuns:
 
     A student's accuracies are a deterministic function of its training multiset (row indices, in
     order), its seed, the student settings, the benchmark (``data_key``) and the evaluated split, so a
-    re-run reuses them: ``<dir>/<key of those>.json``. Missing students train together in one batch.
+    re-run reuses them: ``<dir>/<key of those>.json``. Missing students train together in one batch,
+    each distinct one once (two options that draw the same multiset share their student).
     """
 
     def __init__(self, directory: Path, data_key: str, raw, config: StudentConfig):
@@ -66,16 +67,24 @@ class StudentRuns:
                         length=16)
         return self.dir / f"{key}.json"
 
+    def _missing(self, paths: list[Path]) -> dict[Path, int]:
+        """Each distinct path not on disk -> the first run that has it."""
+        missing: dict[Path, int] = {}
+        for i, path in enumerate(paths):
+            if path not in missing and not path.is_file():
+                missing[path] = i
+        return missing
+
     def todo(self, runs: list, split: str) -> int:
-        """How many of ``runs`` evaluate() would train (the others are cached)."""
-        return sum(not self._path(idx, seed, split).is_file() for idx, seed in runs)
+        """How many students evaluate() would train for ``runs`` (the others are cached or repeats)."""
+        return len(self._missing([self._path(idx, seed, split) for idx, seed in runs]))
 
     def evaluate(self, runs: list, tasks: list[Task], split: str, progress=None) -> list[dict]:
         """Per-task accuracies on the tasks' ``split`` (validation or test) and their average, for each
         ``(indices, seed)`` in ``runs``. ``progress`` (a flyt.progress.Progress) advances by the samples
         the trained students see (``samples_seen`` each; cached ones add nothing)."""
         paths = [self._path(idx, seed, split) for idx, seed in runs]
-        todo = [i for i, p in enumerate(paths) if not p.is_file()]
+        todo = list(self._missing(paths).values())
         self.trained, self.cached = self.trained + len(todo), self.cached + len(runs) - len(todo)
         if todo:
             trained = train_students(self.raw.image, self.raw.text, [runs[i] for i in todo], self.config, progress)

@@ -10,9 +10,13 @@ the results table), the score ``column`` it reads (None for no filtering and ran
 - Soft Cap Sampling: exactly ``budget`` draws with repeats, penalty D per copy (options: penalties D);
 - group-aware Soft Cap Sampling: the same, but the penalty counts copies per ``dedup`` group (every draw
   of any member of a near-duplicate group raises the group's count; flyt.sampling.groups), the groups
-  read from the score directory ``context.score_dirs["dedup"]``, column ``dedup_group``.
+  read from the score directory ``context.score_dirs["dedup"]``, column ``dedup_group``;
+- Soft Cap Sampling above a floor: the same draw over the pool less its bottom fraction q by another
+  score (``floor_column``, the teacher's CLIP score), as ``flyt sample --exclude 'clip_score<t'`` does
+  it (options: pairs (q, penalty); q = 0 is plain SCS, so validation may also choose no floor).
 
-In results.json an option is written ``[kind, value]`` (``["all"]`` for no filtering).
+In results.json an option is written ``[kind, value]`` (``["all"]`` for no filtering, ``[kind, q,
+penalty]`` above a floor).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from flyt.bench.student import multiset_indices
 from flyt.io.subsets import write_subset
 from flyt.io.uids import UID_DTYPE, uids_to_pairs
 from flyt.sampling.draw import sample
+from flyt.sampling.exclude import Rule, exclude
 from flyt.sampling.group_keys import parse_groups
 from flyt.sampling.methods import SampleSpec
 from flyt.sampling.sources import score_sources
@@ -96,6 +101,11 @@ class Strategy:
     def draw(self, value, context: DrawContext) -> Subset:
         raise NotImplementedError
 
+    def draw_key(self, value) -> tuple:
+        """What determines the draw of ``value``: two options with equal keys draw the same multiset
+        (so their students are one; flyt.pipeline.demo_plan counts distinct ones)."""
+        return (self.kind, self.column, value)
+
     def write(self, path: Path, subset: Subset, value) -> None:
         """The subset as a DataComp ``.npy`` plus its ``.json`` summary."""
         hist = np.bincount(subset.counts)
@@ -159,15 +169,48 @@ class GroupedSoftCapSampling(Strategy):
         return _sample(SampleSpec("scs", total=context.budget, penalty=value, seed=0), self.column, context, groups)
 
 
-def _sample(spec: SampleSpec, column: str, context: DrawContext, groups=None) -> Subset:
-    selection = sample(spec, score_sources(context.directory(column), column), groups=groups)
+@dataclass(frozen=True)
+class FlooredSoftCapSampling(Strategy):
+    kind: ClassVar[str] = "scs_floor"
+    floor_column: str = "clip_score"
+
+    def option(self, value) -> list:
+        return [self.kind, *value]
+
+    def draw_key(self, value) -> tuple:
+        q, penalty = value  # no floor: plain Soft Cap Sampling's draw
+        return (self.kind, self.column, self.floor_column, q, penalty) if q else (SoftCapSampling.kind, self.column, penalty)
+
+    def draw(self, value, context: DrawContext) -> Subset:
+        q, penalty = value
+        spec = SampleSpec("scs", total=context.budget, penalty=penalty, seed=0)
+        return _sample(spec, self.column, context, rules=[floor_rule(self.floor_column, q, context)] if q else [])
+
+
+def floor_rule(column: str, q: float, context: DrawContext) -> Rule:
+    """The rule that drops the pool's bottom fraction ``q`` by ``column``: ``column < t`` with t the
+    pool's floor(q n)-th smallest value (0-based), so exactly floor(q n) rows go when no value ties t.
+    t is one of the stored values, so the rule compares it exactly in the column's dtype."""
+    values = np.concatenate([s.load()[1] for s in score_sources(context.directory(column), column)])
+    t = float(np.sort(values)[int(q * len(values))])
+    return Rule(column, "<", t, f"{column}<{t!r}")
+
+
+def _sample(spec: SampleSpec, column: str, context: DrawContext, groups=None, rules=()) -> Subset:
+    sources = score_sources(context.directory(column), column)
+    if rules:  # rows matching a rule are gone before the draw (flyt.sampling.exclude)
+        dirs = sorted({str(context.directory(r.column)) for r in rules})
+        sources, _ = exclude(sources, rules, dirs)
+    selection = sample(spec, sources, groups=groups)
     return Subset(selection.pairs, selection.counts)
 
 
-def demo_strategies(fractions, penalties, random_fraction: float, grouped: bool = True) -> list[Strategy]:
+def demo_strategies(fractions, penalties, random_fraction: float, grouped: bool = True,
+                    floor_quantiles=()) -> list[Strategy]:
     """The demo's strategies, in the results table's order: no filtering, random, every baseline by top
-    fraction, then FLYT and M-FLYT each by top fraction and by Soft Cap Sampling, then (``grouped``:
-    when a ``dedup`` score directory exists) M-FLYT by group-aware SCS over the dedup groups."""
+    fraction, then FLYT and M-FLYT each by top fraction and by Soft Cap Sampling, then (``floor_quantiles``
+    non-empty) each by SCS above a CLIP-score floor (options: every q crossed with every penalty), then
+    (``grouped``: when a ``dedup`` score directory exists) M-FLYT by group-aware SCS over the dedup groups."""
     out: list[Strategy] = [
         NoFilter("no_filter", "No filtering"),
         RandomFraction("random", f"Random {random_fraction:.0%}", options=(random_fraction,)),
@@ -176,6 +219,10 @@ def demo_strategies(fractions, penalties, random_fraction: float, grouped: bool 
     for column, label in LEARNED.items():
         out.append(TopFraction(f"{column}_topk", f"{label}, top fraction", column, tuple(fractions)))
         out.append(SoftCapSampling(f"{column}_scs", f"{label} + Soft Cap Sampling", column, tuple(penalties)))
+    if floor_quantiles:
+        grid = tuple((q, p) for q in floor_quantiles for p in penalties)
+        out += [FlooredSoftCapSampling(f"{column}_scs_floor", f"{label} + SCS above a CLIP-score floor", column, grid)
+                for column, label in LEARNED.items()]
     if grouped:
         out.append(GroupedSoftCapSampling("mflyt_scs_groups", "M-FLYT + group-aware SCS (dedup groups)", "mflyt",
                                           tuple(penalties)))

@@ -81,6 +81,10 @@ class DemoConfig:
     fractions: tuple = (0.2, 0.3, 0.5, 0.7)
     penalties: tuple = (0.01, 0.02, 0.05, 0.15)
     random_fraction: float = 0.3
+    # FLYT and M-FLYT + SCS also drawn above a CLIP-score floor: the bottom q of the pool by the teacher's
+    # CLIP score excluded first, q chosen on validation with the penalty (q = 0: no floor). q = 0.3 was
+    # never chosen in 5 pipeline runs (and 0.3, 0.5 lost to q = 0 at every penalty): docs/demo.md.
+    floor_quantiles: tuple = (0.0, 0.1, 0.2)
     teacher: StudentConfig = field(default_factory=lambda: StudentConfig(dim=128, samples_seen=200_000))
     student: StudentConfig = field(default_factory=lambda: StudentConfig(dim=128, samples_seen=100_000))
     flyt_steps: int = 400
@@ -104,6 +108,7 @@ class DemoConfig:
         if self.quick:  # same data, less training and a smaller search
             self.flyt_steps, self.mflyt_steps = 100, 150
             self.fractions, self.penalties = (0.5,), (0.02, 0.05)  # top half fixed; only SCS is chosen
+            self.floor_quantiles = (0.0, 0.1)
             self.student = replace(self.student, samples_seen=30_000)
 
 
@@ -188,7 +193,8 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
     # 6. Strategies: every option drawn; fraction / penalty chosen on validation (one student per option
     # of each strategy that has a choice to make, all trained together).
     t = time.perf_counter()
-    strategies = demo_strategies(cfg.fractions, cfg.penalties, cfg.random_fraction)
+    strategies = demo_strategies(cfg.fractions, cfg.penalties, cfg.random_fraction,
+                                 floor_quantiles=cfg.floor_quantiles)
     context = DrawContext(raw.uids, score_dirs, cfg.student.samples_seen, cfg.validation_seed)
     with quiet():  # each draw is quick: no bars of its own
         drawn = {s.name: [s.draw(value, context) for value in s.options] for s in strategies}
@@ -244,7 +250,8 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
         "protocol": {
             "seeds": list(cfg.seeds), "student": asdict(cfg.student), "teacher": asdict(cfg.teacher),
             "validation_fraction": cfg.validation_fraction, "fractions": list(cfg.fractions),
-            "penalties": list(cfg.penalties), "flyt_steps": cfg.flyt_steps, "mflyt_steps": cfg.mflyt_steps,
+            "penalties": list(cfg.penalties), "floor_quantiles": list(cfg.floor_quantiles),
+            "flyt_steps": cfg.flyt_steps, "mflyt_steps": cfg.mflyt_steps,
             "quick": cfg.quick, "pipeline_seed": cfg.pipeline_seed,
             "validation_seeds": list(cfg.validation_seeds or (cfg.validation_seed,)),
             "mflyt_score_clip": cfg.mflyt_score_clip,
@@ -392,7 +399,8 @@ class FinishedDemo:
     def strategies(self) -> dict[str, Strategy]:
         """The demo's strategies by name."""
         return {s.name: s for s in demo_strategies(self.cfg.fractions, self.cfg.penalties, self.cfg.random_fraction,
-                                                   grouped="dedup" in self.score_dirs)}
+                                                   grouped="dedup" in self.score_dirs,
+                                                   floor_quantiles=self.cfg.floor_quantiles)}
 
     def draw_context(self, score_dirs: dict | None = None) -> DrawContext:
         """How the demo draws, with ``score_dirs`` (column -> directory) added to its own."""
@@ -408,17 +416,18 @@ class FinishedDemo:
         return self.tasks + heldout, students, groups
 
 
-def open_finished(out: Path) -> FinishedDemo:
-    """Reopen `flyt demo --out OUT` (full mode, finished): benchmark, splits, teacher, scores, students."""
-    cfg = DemoConfig(out=out)
+def open_finished(out: Path, pipeline_seed: int = 0) -> FinishedDemo:
+    """Reopen `flyt demo --out OUT` (full mode, finished): benchmark, splits, teacher, scores, students;
+    ``pipeline_seed``: the run's (a benchmarks/demo_robustness.py seed directory)."""
+    cfg = DemoConfig(out=out, pipeline_seed=pipeline_seed)
     bench_dir = open_benchmark(cfg, print)
     raw = load_pool(bench_dir / "pool")
     tasks = split_validation(load_tasks(bench_dir / "tasks"), cfg.validation_fraction, cfg.validation_seed)
     key = benchmark_key(bench_dir, cfg.teacher, cfg.validation_seed, cfg.validation_fraction)
-    dirs = {"baselines": cfg.out / "scores" / f"baselines-{key}"}
+    dirs = {"baselines": cfg.out / "scores" / f"baselines-{pipeline_key(key, cfg)}"}
     if (cfg.out / "scores" / f"dedup-{key}").is_dir():
         dirs["dedup"] = cfg.out / "scores" / f"dedup-{key}"
-    teacher_dir = cfg.out / f"teacher-{key}"
+    teacher_dir = cfg.out / f"teacher-{pipeline_key(key, cfg)}"
     pool, tasks_dirs = teacher_dir / "pool", _task_dirs(teacher_dir)
     # each run's directory is named by its settings (M-FLYT's include its inputs): the ones run_demo uses now
     dirs["flyt"] = cfg.out / "scores" / scorer_run_dir(scorer_config(cfg, "flyt", pool, tasks_dirs), cfg.out / "runs").name
@@ -429,5 +438,5 @@ def open_finished(out: Path) -> FinishedDemo:
     for prefix in ("flyt", "mflyt"):
         if not dirs[prefix].is_dir():
             raise FlytError(f"{dirs[prefix]}: missing {prefix} score directory (run `flyt demo --out {cfg.out}` first)")
-    return FinishedDemo(cfg, raw, tasks, key, cfg.out / f"teacher-{key}", dirs,
+    return FinishedDemo(cfg, raw, tasks, key, teacher_dir, dirs,
                         StudentRuns(cfg.out / "students", key, raw, cfg.student), bench_dir)

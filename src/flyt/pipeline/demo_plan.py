@@ -162,14 +162,19 @@ def demo_plan(cfg, scorer_config: Callable, task_dirs: Callable) -> list[Stage]:
         stages.append(Stage(label, f"{steps:,} steps, then scoring the pool",
                             TRAIN_START_S + steps * per_step + rows * SCORER_S_PER_ROW, done))
 
-    strategies = demo_strategies(cfg.fractions, cfg.penalties, cfg.random_fraction)
-    grid = sum(len(s.options) for s in strategies if s.chooses) * len(cfg.validation_seeds or (cfg.validation_seed,))
+    strategies = demo_strategies(cfg.fractions, cfg.penalties, cfg.random_fraction, floor_quantiles=cfg.floor_quantiles)
+    # One validation student per distinct draw and seed (a floor strategy's q = 0 options are plain SCS's).
+    keys = {st.name: {st.draw_key(v) for v in st.options} for st in strategies}
+    grid = len({k for st in strategies if st.chooses for k in keys[st.name]}) * len(cfg.validation_seeds
+                                                                                   or (cfg.validation_seed,))
     s = cfg.student
     finals = len(strategies) * len(cfg.seeds)
+    # two strategies with a draw in common may both choose it: their final students are then one set
+    shared = sum(bool(keys[a.name] & keys[b.name]) for i, a in enumerate(strategies) for b in strategies[i + 1:])
     # Students are cached by their subsets, known only once drawn: "cached" when everything they are
     # drawn from is, and the student results on disk are at least as many as this run needs.
     on_disk = len(list((cfg.out / "students").glob("*.json"))) if (cfg.out / "students").is_dir() else 0
-    students_cached = all(st.cached for st in stages) and on_disk >= grid + finals
+    students_cached = all(st.cached for st in stages) and on_disk >= grid + finals - shared * len(cfg.seeds)
     stages.append(Stage("students: validation", f"{grid} students x {s.samples_seen:,} samples (in lockstep)",
                         student_seconds(grid, max(grid, 1), s.samples_seen, s.batch_size), students_cached))
     stages.append(Stage("students: test", f"{finals} students x {s.samples_seen:,} samples ({len(cfg.seeds)} at a time)",
