@@ -13,13 +13,11 @@ import pytest
 from _demo_helpers import COLOURS, EVENTS, SHAPES, _write_rendered, recording, shape_png, tiny_config, tiny_demo_run
 from _encoders_helpers import FakeEncoder
 from flyt.bench import assets, build, valtasks
-from flyt.bench.protocol import benchmark_key, load_tasks, split_validation
-from flyt.bench.runs import StudentRuns
+from flyt.bench.protocol import benchmark_key
 from flyt.errors import FlytError
 from flyt.io.atomic import write_json
 from flyt.io.cache import cache_dir
-from flyt.io.pool import load_pool
-from flyt.pipeline.demo import FinishedDemo
+from flyt.pipeline.demo import open_finished
 
 ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ["animal_names", "chess_pieces", "country_flags", "icon_categories"]
@@ -129,25 +127,12 @@ def test_valonly_sources_from_package_layouts(tmp_path):
     assert {r["key"]: r["group"] for r in recs} == {"battle-axe": "axe", "crown": "crown", "car-key": "key", "key": "key"}
 
 
-def _finished(bench: Path, out: Path) -> FinishedDemo:
-    """The tiny demo's run, reopened as open_finished reopens a full one."""
-    cfg = tiny_config(out, bench)
-    raw = load_pool(bench / "pool")
-    tasks = split_validation(load_tasks(bench / "tasks"), cfg.validation_fraction, cfg.validation_seed)
-    key = benchmark_key(bench, cfg.teacher, cfg.validation_seed, cfg.validation_fraction)
-    scores = out / "scores"
-    (flyt,), (mflyt,) = scores.glob("flyt-*"), scores.glob("mflyt-*")
-    dirs = {"baselines": scores / f"baselines-{key}", "dedup": scores / f"dedup-{key}", "flyt": flyt, "mflyt": mflyt}
-    return FinishedDemo(cfg, raw, tasks, key, out / f"teacher-{key}", dirs,
-                        StudentRuns(out / "students", key, raw, cfg.student), bench)
-
-
 def test_valonly_tasks_on_the_tiny_demo_choose_options_and_stay_out_of_the_final_table(tmp_path_factory):
     bench, out, _, _ = tiny_demo_run(tmp_path_factory)
     cache = bench.parent / "cache"
     write_tiny_valonly(cache)
     identity = (bench / "benchmark.json").read_bytes()
-    demo = _finished(bench, out)
+    demo = open_finished(out, cfg=tiny_config(out, bench))
     key = demo.key
     before = {h for hashes in _benchmark_hashes(bench).values() for h in hashes}
 

@@ -302,3 +302,23 @@ def test_dedup_and_contamination_join_the_defect_table_and_grouped_scs_counts_pe
     plain = SoftCapSampling("p", "p", "mflyt").draw(0.5, context)
     assert grouped.counts.sum() == plain.counts.sum() == STUDENT_SAMPLES
     assert not (np.array_equal(grouped.pairs, plain.pairs) and np.array_equal(grouped.counts, plain.counts))
+
+
+def test_open_finished_reopens_a_pipeline_seeds_own_run(demo, tmp_path):
+    """A robustness seed's run (its own teacher, baseline scores and scorers) is reopened with its own
+    directories, not the demo's (seed 0) ones: the scores read back are the ones that run drew from."""
+    from dataclasses import replace
+
+    from flyt.pipeline.demo import open_finished, read_scores
+
+    bench, out, _, _ = demo
+    seeded = replace(tiny_config(tmp_path / "seed1", bench), pipeline_seed=1, progress=False)
+    run_demo(seeded, printer=lambda *_: None)
+    first, again = open_finished(out, cfg=tiny_config(out, bench)), open_finished(seeded.out, cfg=seeded)
+    assert again.teacher_dir.is_dir() and again.teacher_dir.name != first.teacher_dir.name
+    for column in ("baselines", "flyt", "mflyt"):
+        assert again.score_dirs[column].parent == seeded.out / "scores"
+        assert again.score_dirs[column].name != first.score_dirs[column].name, column
+    ours = read_scores({"baselines": next((seeded.out / "scores").glob("baselines-*"))}, again.raw.uids)
+    assert np.array_equal(again.scores()["clip_score"], ours["clip_score"])
+    assert not np.array_equal(again.scores()["clip_score"], first.scores()["clip_score"])

@@ -416,10 +416,11 @@ class FinishedDemo:
         return self.tasks + heldout, students, groups
 
 
-def open_finished(out: Path, pipeline_seed: int = 0) -> FinishedDemo:
-    """Reopen `flyt demo --out OUT` (full mode, finished): benchmark, splits, teacher, scores, students;
-    ``pipeline_seed``: the run's (a benchmarks/demo_robustness.py seed directory)."""
-    cfg = DemoConfig(out=out, pipeline_seed=pipeline_seed)
+def open_finished(out: Path, pipeline_seed: int = 0, cfg: DemoConfig | None = None) -> FinishedDemo:
+    """Reopen a finished `flyt demo --out OUT`: benchmark, splits, teacher, scores, students. ``cfg``: the
+    run's settings (default: the full demo's with ``pipeline_seed``, e.g. a benchmarks/demo_robustness.py
+    seed directory); its ``out`` is replaced by ``out``."""
+    cfg = DemoConfig(out=out, pipeline_seed=pipeline_seed) if cfg is None else replace(cfg, out=Path(out))
     bench_dir = open_benchmark(cfg, print)
     raw = load_pool(bench_dir / "pool")
     tasks = split_validation(load_tasks(bench_dir / "tasks"), cfg.validation_fraction, cfg.validation_seed)
