@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-from flyt.bench.evaluate import group_averages, summarise_seeds
 from flyt.bench.protocol import best_option
 from flyt.pipeline.demo import open_finished, scorer_config
 from flyt.pipeline.score import score_pool
@@ -53,8 +52,7 @@ def main() -> None:
         context = demo.draw_context({"flyt": scores})
         indices = [s.draw(v, context).indices(raw.uids) for s, v in options]
         val_tasks = [t for t in demo.tasks if t.name in names]
-        val = [r["average"] for r in students.evaluate([(i, cfg.validation_seed) for i in indices], val_tasks,
-                                                       "validation")]
+        val = students.validation_means(indices, (cfg.validation_seed,), val_tasks)
         chosen[variant] = {}
         for kind in ("topk", "scs"):
             cand = [i for i, (s, _) in enumerate(options) if s.kind == kind]
@@ -70,8 +68,7 @@ def main() -> None:
         test = {}
         for kind in ("topk", "scs"):
             best, idx = picks[kind]
-            per_seed = finals.evaluate([(idx, seed) for seed in cfg.seeds], tasks, "test")
-            res = summarise_seeds([group_averages(r, groups) for r in per_seed], cfg.seeds, idx)
+            res = finals.test_summary(idx, cfg.seeds, tasks, groups)
             test[kind] = {"option": options[best][0].option(options[best][1]),
                           **{a: [round(res["mean"][a], 4), round(res["std"][a], 4)]
                              for a in ("average_narrow", "average_flyt", "average_heldout", "average")}}

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from flyt.bench.evaluate import group_averages, summarise_seeds
 from flyt.bench.protocol import best_option
 from flyt.bench.strategies import SoftCapSampling
 from flyt.io.scores import write_score_shard
@@ -51,10 +50,7 @@ def main() -> None:
             for penalty in scs.options:
                 options.append((q, penalty))
                 indices.append(scs.draw(penalty, context).indices(raw.uids))
-        runs = [(i, seed) for i in indices for seed in VALIDATION_SEEDS]
-        per_run = [r["average"] for r in students.evaluate(runs, run.tasks, "validation")]
-        k = len(VALIDATION_SEEDS)
-        val = [float(np.mean(per_run[j * k:(j + 1) * k])) for j in range(len(options))]
+        val = students.validation_means(indices, VALIDATION_SEEDS, run.tasks)
         best = best_option(val)
         plain = best_option([v if o[0] == 0.0 else None for o, v in zip(options, val)])
         chosen[column] = {"val": {f"q={q} penalty={p}": round(a, 4) for (q, p), a in zip(options, val)},
@@ -66,8 +62,7 @@ def main() -> None:
     for column, c in chosen.items():
         test = {}
         for label, (i, idx) in c["picks"].items():
-            per_seed = finals.evaluate([(idx, seed) for seed in cfg.seeds], tasks, "test")
-            res = summarise_seeds([group_averages(r, groups) for r in per_seed], cfg.seeds, idx)
+            res = finals.test_summary(idx, cfg.seeds, tasks, groups)
             test[label] = {"option": list(c["options"][i]),
                            **{a: [round(res["mean"][a], 4), round(res["std"][a], 4)] for a in AVERAGES}}
         print(json.dumps({"column": column, "val": c["val"], "test_chosen_on_val": test}), flush=True)

@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 
-from flyt.bench.evaluate import group_averages, summarise_seeds
 from flyt.bench.protocol import best_option
 from flyt.io.atomic import write_json
 from flyt.pipeline.demo import open_finished, read_scores, scorer_config
@@ -129,9 +128,9 @@ def main(argv=None) -> None:
         context = demo.draw_context({"flyt": scores_dir})
         with quiet():
             indices = [s.draw(v, context).indices(raw.uids) for s, v in options]
-        runs = [(idx, vs) for idx in indices for vs in vseeds]
-        per_run = [r["average"] for r in demo.students.evaluate(runs, demo.tasks, "validation")]
-        val = [float(np.mean(per_run[j * len(vseeds):(j + 1) * len(vseeds)])) for j in range(len(options))]
+        per_seed = [[r["average"] for r in runs] for runs in demo.students.per_seed(indices, vseeds, demo.tasks,
+                                                                                    "validation")]
+        val = [float(np.mean(a)) for a in per_seed]
         chosen = {}
         for kind in KINDS:
             cand = [i for i, (s, _) in enumerate(options) if s.kind == kind]
@@ -142,8 +141,7 @@ def main(argv=None) -> None:
             "changes": grid[name], **timing,
             "rounds": round_rows(run),
             "score_max_abs_diff_vs_demo_flyt": float(np.max(np.abs(flyt - demo_flyt))),
-            "validation": [{"option": s.option(v), "val_average": a,
-                            "per_seed": per_run[j * len(vseeds):(j + 1) * len(vseeds)]}
+            "validation": [{"option": s.option(v), "val_average": a, "per_seed": per_seed[j]}
                            for j, ((s, v), a) in enumerate(zip(options, val))],
             "chosen": chosen,
         }
@@ -160,12 +158,10 @@ def main(argv=None) -> None:
 
     # The final evaluation: only now are the held-out tasks read.
     tasks, finals, groups = demo.final_evaluation()
-    final_runs = [(report[n]["_indices"][k], seed) for n, k in pairs for seed in cfg.seeds]
-    per_seed = finals.evaluate(final_runs, tasks, "test")
-    m = len(cfg.seeds)
-    for j, (n, k) in enumerate(pairs):
-        res = summarise_seeds([group_averages(r, groups) for r in per_seed[j * m:(j + 1) * m]], cfg.seeds,
-                              report[n]["_indices"][k])
+    # every chosen subset's students in one batch; test_summary then reads them back from the cache
+    finals.per_seed([report[n]["_indices"][k] for n, k in pairs], cfg.seeds, tasks, "test")
+    for n, k in pairs:
+        res = finals.test_summary(report[n]["_indices"][k], cfg.seeds, tasks, groups)
         report[n]["chosen"][k]["test"] = {key: res[key] for key in ("mean", "std", "per_seed", "selected", "unique")}
     for n in names:
         del report[n]["_indices"]

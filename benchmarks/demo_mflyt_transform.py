@@ -27,9 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from flyt.bench.evaluate import group_averages, summarise_seeds
 from flyt.bench.protocol import DEDUP_MIX_INPUTS, MIX_INPUTS, best_option
 from flyt.bench.runs import mixer_weights, train_scorer
 from flyt.io.atomic import write_json
@@ -67,9 +64,7 @@ def main() -> None:
         score_pool(demo.teacher_pool, scores, [str(scorer)], score_dirs=inputs, progress=False)
         context = demo.draw_context({"mflyt": scores})
         indices = [s.draw(v, context).indices(raw.uids) for s, v in options]
-        runs = [(idx, seed) for idx in indices for seed in vseeds]
-        per_run = [r["average"] for r in students.evaluate(runs, demo.tasks, "validation")]
-        val = [float(np.mean(per_run[j * len(vseeds):(j + 1) * len(vseeds)])) for j in range(len(options))]
+        val = students.validation_means(indices, vseeds, demo.tasks)
         chosen = {}
         for kind in ("topk", "scs"):
             cand = [i for i, (s, _) in enumerate(options) if s.kind == kind]
@@ -90,8 +85,7 @@ def main() -> None:
         test = {}
         for kind, best in p["chosen"].items():
             idx = p["indices"][best]
-            per_seed = finals.evaluate([(idx, seed) for seed in cfg.seeds], tasks, "test")
-            res = summarise_seeds([group_averages(r, groups) for r in per_seed], cfg.seeds, idx)
+            res = finals.test_summary(idx, cfg.seeds, tasks, groups)
             test[kind] = {"option": options[best][0].option(options[best][1]),
                           **{a: [round(res["mean"][a], 4), round(res["std"][a], 4)] for a in AVERAGES}}
         row = {k: v for k, v in p.items() if k not in ("indices", "chosen")} | {"test": test}

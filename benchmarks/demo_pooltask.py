@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 
-from flyt.bench.evaluate import group_averages, summarise_seeds
 from flyt.bench.protocol import best_option
 from flyt.io.atomic import write_json
 from flyt.io.parquet import list_shards, read_table
@@ -154,10 +153,7 @@ def main() -> None:
         context = demo.draw_context({"flyt": directory})
         flyt = read_scores({"flyt": directory}, raw.uids)["flyt"]
         indices = [s.draw(v, context).indices(raw.uids) for s, v in options]
-        runs = [(i, seed) for i in indices for seed in VALIDATION_SEEDS]
-        per_run = [r["average"] for r in students.evaluate(runs, demo.tasks, "validation")]
-        k = len(VALIDATION_SEEDS)
-        val = [float(np.mean(per_run[j * k:(j + 1) * k])) for j in range(len(options))]
+        val = students.validation_means(indices, VALIDATION_SEEDS, demo.tasks)
         picks = {}
         for kind in ("topk", "scs"):
             cand = [i for i, (s, _) in enumerate(options) if s.kind == kind]
@@ -172,8 +168,7 @@ def main() -> None:
     tasks, finals, groups = demo.final_evaluation()
     for name, (picks, indices) in chosen.items():
         for kind, i in picks.items():
-            per_seed = finals.evaluate([(indices[i], seed) for seed in cfg.seeds], tasks, "test")
-            res = summarise_seeds([group_averages(r, groups) for r in per_seed], cfg.seeds, indices[i])
+            res = finals.test_summary(indices[i], cfg.seeds, tasks, groups)
             print(json.dumps({"test": f"{name} {kind}", "flyt_seed": args.seed, "option": options[i][0].option(options[i][1]),
                               **{a: [round(res["mean"][a], 4), round(res["std"][a], 4)] for a in AVERAGES}}),
                   flush=True)

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-from flyt.bench.evaluate import group_averages, summarise_seeds
 from flyt.bench.protocol import best_option
 from flyt.bench.results import AVERAGES, LEARNED, REFERENCES, comparisons
 from flyt.bench.runs import StudentRuns
@@ -63,12 +62,11 @@ def run(demo: FinishedDemo, valtasks: list, seeds=(100, 101), log=print) -> dict
     key = cache_key(demo.key, "validation-only tasks", valonly_key(demo.bench_dir), names + val_names)
     students = StudentRuns(cfg.out / "valtasks" / "students", key, raw, cfg.student)
     grid = [(s.name, i) for s in strategies if s.chooses for i in range(len(s.options))]
-    runs = [(drawn[name][i].indices(raw.uids), int(seed)) for name, i in grid for seed in seeds]
-    with student_bar(students, runs, "validation", cfg) as bar:
-        per_run = students.evaluate(runs, demo.tasks + valtasks, "validation", bar)
+    candidates, seeds = [drawn[name][i].indices(raw.uids) for name, i in grid], [int(seed) for seed in seeds]
+    with student_bar(students, [(c, seed) for c in candidates for seed in seeds], "validation", cfg) as bar:
+        per_option = dict(zip(grid, students.per_seed(candidates, seeds, demo.tasks + valtasks, "validation", bar)))
     log(f"validation: {len(grid)} options x {len(seeds)} seeds ({students.trained} students trained, "
         f"{students.cached} cached)")
-    per_option = {g: per_run[j * len(seeds):(j + 1) * len(seeds)] for j, g in enumerate(grid)}
 
     check = _same_as_demo(demo, grid, drawn, per_option, seeds)
     objectives = objective_tasks(names, val_names)
@@ -94,8 +92,7 @@ def run(demo: FinishedDemo, valtasks: list, seeds=(100, 101), log=print) -> dict
     with student_bar(finals, test_runs, "test", cfg) as bar:
         for n, i in sorted(picks):
             indices = drawn[n][i].indices(raw.uids)
-            per_seed = finals.evaluate([(indices, seed) for seed in cfg.seeds], tasks, "test", bar)
-            tested[n, i] = summarise_seeds([group_averages(r, groups) for r in per_seed], cfg.seeds, indices)
+            tested[n, i] = finals.test_summary(indices, cfg.seeds, tasks, groups, bar)
     by_name = {s.name: s for s in strategies}
     results = {}
     for obj in objectives:

@@ -207,3 +207,26 @@ def test_student_runs_train_each_distinct_student_once_and_reuse_it(tmp_path, mo
     assert calls == [3] and (students.trained, students.cached) == (3, 2)
     assert first[0] == first[2] and first[1] == first[4] and first[0] != first[3]
     assert students.evaluate(runs, [task], "test") == first and calls == [3] and students.todo(runs, "test") == 0
+
+
+def test_student_runs_choose_by_the_mean_over_seeds_and_summarise_the_test_split(tmp_path):
+    """validation_means: each candidate's validation average, the mean over its seeds' students;
+    test_summary: one multiset's students of every seed on the test split, with the group averages."""
+    from types import SimpleNamespace
+
+    from flyt.bench.evaluate import group_averages, summarise_seeds
+    from flyt.bench.runs import StudentRuns
+
+    image, text, task = _world()
+    task.validation = task.test
+    students = StudentRuns(tmp_path, "key", SimpleNamespace(image=image, text=text),
+                           StudentConfig(dim=8, samples_seen=512, batch_size=128))
+    a, b = np.arange(0, 600), np.arange(300, 900)
+    runs = students.evaluate([(a, 3), (a, 4), (b, 3), (b, 4)], [task], "validation")
+    means = students.validation_means([a, b], (3, 4), [task])
+    assert means == [np.mean([runs[0]["average"], runs[1]["average"]]), np.mean([runs[2]["average"], runs[3]["average"]])]
+    groups = {"average_synthetic": ["synthetic"]}
+    expected = summarise_seeds([group_averages(r, groups) for r in students.evaluate([(b, 3), (b, 4)], [task], "test")],
+                               (3, 4), b)
+    assert students.test_summary(b, (3, 4), [task], groups) == expected
+    assert expected["mean"]["average_synthetic"] == pytest.approx(expected["mean"]["synthetic"])

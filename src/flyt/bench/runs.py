@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from flyt.bench.evaluate import evaluate
+from flyt.bench.evaluate import evaluate, group_averages, summarise_seeds
 from flyt.bench.student import StudentConfig, train_students
 from flyt.io.atomic import write_json
 from flyt.io.cache import cache_key
@@ -91,3 +91,22 @@ class StudentRuns:
             for i, student in zip(todo, trained):
                 write_json(evaluate(student, tasks, split=split), paths[i])
         return [json.loads(p.read_text()) for p in paths]
+
+    def per_seed(self, candidates: list, seeds, tasks: list[Task], split: str, progress=None) -> list[list[dict]]:
+        """For each candidate multiset (row indices), the results of its students of ``seeds`` (in order);
+        every student trained in one batch."""
+        k = len(seeds)
+        flat = self.evaluate([(idx, seed) for idx in candidates for seed in seeds], tasks, split, progress)
+        return [flat[j * k:(j + 1) * k] for j in range(len(candidates))]
+
+    def validation_means(self, candidates: list, seeds, tasks: list[Task], progress=None) -> list[float]:
+        """Each candidate's validation average (equal weight per task), the mean over the students of
+        ``seeds``: what an option is chosen by (flyt.bench.protocol.best_option)."""
+        return [float(np.mean([r["average"] for r in runs]))
+                for runs in self.per_seed(candidates, seeds, tasks, "validation", progress)]
+
+    def test_summary(self, indices, seeds, tasks: list[Task], groups: dict, progress=None) -> dict:
+        """The test-split summary of one chosen multiset (flyt.bench.evaluate.summarise_seeds): each of
+        its students' per-task accuracies and ``groups``' averages, their means and spreads over seeds."""
+        (runs,) = self.per_seed([indices], seeds, tasks, "test", progress)
+        return summarise_seeds([group_averages(r, groups) for r in runs], seeds, indices)

@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from flyt.bench.evaluate import copy_detection, defect_auc, group_averages, summarise_seeds
+from flyt.bench.evaluate import copy_detection, defect_auc
 from flyt.bench.protocol import (
     BASELINE_SCORERS,
     DEDUP_MIX_INPUTS,
@@ -201,11 +201,9 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
     students = StudentRuns(out / "students", key, raw, cfg.student)
     grid = [(s.name, i) for s in strategies if s.chooses for i in range(len(s.options))]
     vseeds = tuple(cfg.validation_seeds) or (cfg.validation_seed,)
-    runs = [(drawn[name][i].indices(raw.uids), vs) for name, i in grid for vs in vseeds]
-    with student_bar(students, runs, "validation", cfg) as bar:
-        per_run = [r["average"] for r in students.evaluate(runs, tasks, "validation", bar)]
-    # each option's validation average: the mean over the validation seeds (equal weight per task)
-    accuracy = {g: float(np.mean(per_run[j * len(vseeds):(j + 1) * len(vseeds)])) for j, g in enumerate(grid)}
+    candidates = [drawn[name][i].indices(raw.uids) for name, i in grid]
+    with student_bar(students, [(c, vs) for c in candidates for vs in vseeds], "validation", cfg) as bar:
+        accuracy = dict(zip(grid, students.validation_means(candidates, vseeds, tasks, bar)))
     chosen, validation = {}, {}
     for s in strategies:
         accs = [accuracy.get((s.name, i)) for i in range(len(s.options))]
@@ -232,8 +230,7 @@ def run_demo(cfg: DemoConfig, printer=print) -> dict:
     for s in strategies:
         best, choice = chosen[s.name]
         indices = drawn[s.name][best].indices(raw.uids)
-        per_seed = finals.evaluate([(indices, seed) for seed in cfg.seeds], tasks + heldout, "test", bar)
-        res = summarise_seeds([group_averages(r, groups) for r in per_seed], cfg.seeds, indices)
+        res = finals.test_summary(indices, cfg.seeds, tasks + heldout, groups, bar)
         results[s.name] = {**res, "label": s.label, "chosen": choice}
         m, sd = res["mean"], res["std"]
         log(f"{s.name:>22}: " + ", ".join(f"{label} {m[a]:.4f} +- {sd[a]:.4f}" for a, label in
