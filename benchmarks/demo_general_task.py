@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from flyt.bench.protocol import best_option
+from flyt.bench.protocol import best_of_each_kind
 from flyt.pipeline.demo import open_finished, scorer_config
 from flyt.pipeline.score import score_pool
 from flyt.training.loop import train
@@ -53,11 +53,7 @@ def main() -> None:
         indices = [s.draw(v, context).indices(raw.uids) for s, v in options]
         val_tasks = [t for t in demo.tasks if t.name in names]
         val = students.validation_means(indices, (cfg.validation_seed,), val_tasks)
-        chosen[variant] = {}
-        for kind in ("topk", "scs"):
-            cand = [i for i, (s, _) in enumerate(options) if s.kind == kind]
-            best = cand[best_option([val[i] for i in cand])]
-            chosen[variant][kind] = (best, indices[best])
+        chosen[variant] = {kind: (best, indices[best]) for kind, best in best_of_each_kind(options, val).items()}
         chosen[variant]["val"] = {" ".join(map(str, s.option(v))): round(a, 4) for (s, v), a in zip(options, val)}
         chosen[variant]["train_s"] = round(seconds, 1)
 

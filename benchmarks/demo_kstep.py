@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flyt.bench.protocol import best_option
+from flyt.bench.protocol import best_of_each_kind, best_option
 from flyt.io.atomic import write_json
 from flyt.pipeline.demo import open_finished, read_scores, scorer_config
 from flyt.pipeline.score import score_pool
@@ -131,12 +131,8 @@ def main(argv=None) -> None:
         per_seed = [[r["average"] for r in runs] for runs in demo.students.per_seed(indices, vseeds, demo.tasks,
                                                                                     "validation")]
         val = [float(np.mean(a)) for a in per_seed]
-        chosen = {}
-        for kind in KINDS:
-            cand = [i for i, (s, _) in enumerate(options) if s.kind == kind]
-            best = cand[best_option([val[i] for i in cand])]
-            chosen[kind] = {"index": best, "option": options[best][0].option(options[best][1]),
-                            "val_average": val[best]}
+        chosen = {kind: {"index": best, "option": options[best][0].option(options[best][1]), "val_average": val[best]}
+                  for kind, best in best_of_each_kind(options, val, KINDS).items()}
         report[name] = {
             "changes": grid[name], **timing,
             "rounds": round_rows(run),

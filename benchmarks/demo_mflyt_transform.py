@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from flyt.bench.protocol import DEDUP_MIX_INPUTS, MIX_INPUTS, best_option
+from flyt.bench.protocol import DEDUP_MIX_INPUTS, MIX_INPUTS, best_of_each_kind
 from flyt.bench.runs import mixer_weights, train_scorer
 from flyt.io.atomic import write_json
 from flyt.pipeline.demo import open_finished, scorer_config
@@ -65,10 +65,7 @@ def main() -> None:
         context = demo.draw_context({"mflyt": scores})
         indices = [s.draw(v, context).indices(raw.uids) for s, v in options]
         val = students.validation_means(indices, vseeds, demo.tasks)
-        chosen = {}
-        for kind in ("topk", "scs"):
-            cand = [i for i, (s, _) in enumerate(options) if s.kind == kind]
-            chosen[kind] = cand[best_option([val[i] for i in cand])]
+        chosen = best_of_each_kind(options, val)
         picks[variant] = {
             "keys": keys, "run": str(scorer.parent), "train_s": round(seconds, 1),
             "weights": {k: round(w, 3) for k, w in sorted(mixer_weights(scorer).items(), key=lambda kv: -abs(kv[1]))},

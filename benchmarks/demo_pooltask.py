@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flyt.bench.protocol import best_option
+from flyt.bench.protocol import best_of_each_kind
 from flyt.io.atomic import write_json
 from flyt.io.parquet import list_shards, read_table
 from flyt.io.pool import CAPTION, load_pool
@@ -154,10 +154,7 @@ def main() -> None:
         flyt = read_scores({"flyt": directory}, raw.uids)["flyt"]
         indices = [s.draw(v, context).indices(raw.uids) for s, v in options]
         val = students.validation_means(indices, VALIDATION_SEEDS, demo.tasks)
-        picks = {}
-        for kind in ("topk", "scs"):
-            cand = [i for i, (s, _) in enumerate(options) if s.kind == kind]
-            picks[kind] = cand[best_option([val[i] for i in cand])]
+        picks = best_of_each_kind(options, val)
         chosen[name] = (picks, indices)
         print(json.dumps({"scores": name, "flyt_seed": args.seed, **info[name], **clip_diagnostics(flyt, clip),
                           "val": {" ".join(map(str, s.option(v))): round(a, 4) for (s, v), a in zip(options, val)},

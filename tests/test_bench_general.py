@@ -118,3 +118,15 @@ def test_robustness_verdicts_count_runs_and_margins():
     assert row["margin_std_across_runs"] == pytest.approx(np.std([0.05, 0.005, -0.02]))
     order = next(v for v in rows if v["reference"] == "flyt_scs")
     assert order["beats"] == 2 and order["margins"] == pytest.approx([0.05, 0.005, -0.02])
+
+
+def test_the_choice_rule_picks_each_kinds_best_option_first_on_ties_and_skips_missing():
+    from flyt.bench.protocol import best_of_each_kind, best_option
+    from flyt.bench.strategies import SoftCapSampling, TopFraction
+
+    assert best_option([0.2, None, 0.5, 0.5, 0.1]) == 2  # the first of the best; no student = -inf
+    assert best_option([None, 0.0]) == 1
+    top, scs = TopFraction("t", "t", "flyt", (0.3, 0.5)), SoftCapSampling("s", "s", "flyt", (0.01, 0.05))
+    options = [(top, 0.3), (scs, 0.01), (top, 0.5), (scs, 0.05)]
+    assert best_of_each_kind(options, [0.1, 0.4, 0.3, 0.4]) == {"topk": 2, "scs": 1}
+    assert best_of_each_kind(options, [0.9, 0.1, 0.3, 0.2], kinds=("scs",)) == {"scs": 3}

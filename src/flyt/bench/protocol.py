@@ -113,6 +113,16 @@ def best_option(val_averages: list) -> int:
     return max(range(len(val_averages)), key=lambda i: -np.inf if val_averages[i] is None else val_averages[i])
 
 
+def best_of_each_kind(options: list, val_averages: list, kinds=("topk", "scs")) -> dict[str, int]:
+    """For each strategy kind, the index (into ``options``: (strategy, value) pairs) of that kind's
+    option with the best validation average, by best_option's rule."""
+    chosen = {}
+    for kind in kinds:
+        candidates = [i for i, (strategy, _) in enumerate(options) if strategy.kind == kind]
+        chosen[kind] = candidates[best_option([val_averages[i] for i in candidates])]
+    return chosen
+
+
 def pipeline_key(key: str, cfg) -> str:
     """The key of the teacher and baseline scores: the benchmark key, and the pipeline seed unless 0 (so
     the demo's own caches keep their names). Students keep ``key``: a student's result does not depend
